@@ -1,0 +1,5 @@
+import sys
+
+from flanmix.cli import main
+
+sys.exit(main())
