@@ -1,0 +1,208 @@
+"""Verifiable preferences generated from (prompt, correct answer) pairs.
+
+A rendered task example knows its correct answer, so preferences need no annotator: the correct answer is
+preferred to perturbed ones, and a k-way ranking orders the candidates by a programmatic score — the negative
+distance to the correct answer (numeric distance for numbers, Levenshtein distance for text).
+
+    pairs:    {"prompt", "chosen": correct, "rejected": perturbed}             (+ "margin" if asked)
+    rankings: {"prompt", "responses": [correct, p1, …], "scores": [0, −d1, …]}  (distinct scores, shuffled order)
+
+Everything here is pure Python and seeded from (seed, example index), so the same input gives the same file.
+`rows_from_tasks` renders examples of registered tasks through `flanmix.registry` / `flanmix.render` when those
+are available.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+from typing import Iterable, Sequence
+
+from flanmix.errors import FlanmixError
+
+_NUM = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance (insert, delete, substitute: cost 1)."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def distance(answer: str, candidate: str) -> float:
+    """Programmatic distance to the correct answer: |x − y| for numbers, edit distance for text."""
+    if _NUM.match(answer) and _NUM.match(candidate):
+        return abs(float(answer) - float(candidate))
+    return float(levenshtein(answer.strip(), candidate.strip()))
+
+
+def _fmt_num(x: float, like: str) -> str:
+    return str(int(x)) if "." not in like else f"{x:.{len(like.split('.')[1])}f}"
+
+
+def _numeric_perturbations(answer: str, rng: random.Random, n: int) -> list[str]:
+    x = float(answer)
+    out: list[str] = []
+    steps = [1, 2, 3, 5, 10, 20, 50, 100, 1000]
+    tries = 0
+    while len(out) < n and tries < 200:
+        tries += 1
+        kind = rng.random()
+        if kind < 0.6:
+            y = x + rng.choice([-1, 1]) * rng.choice(steps)
+        elif kind < 0.8:
+            y = x * rng.choice([10, 2]) if x else x + 7
+        else:  # a digit swap, the classic slip
+            s = list(_fmt_num(x, answer.strip()))
+            digits = [i for i, ch in enumerate(s) if ch.isdigit()]
+            if len(digits) >= 2:
+                i, j = rng.sample(digits, 2)
+                s[i], s[j] = s[j], s[i]
+            y = float("".join(s)) if "".join(s).lstrip("-").replace(".", "", 1).isdigit() else x + 1
+        cand = _fmt_num(y, answer.strip())
+        if cand != answer.strip() and cand not in out:
+            out.append(cand)
+    return out
+
+
+def _text_edit(text: str, rng: random.Random) -> str:
+    words = text.split()
+    kind = rng.randrange(6)
+    if kind == 0 and len(words) > 1:  # drop a word
+        del words[rng.randrange(len(words))]
+        return " ".join(words)
+    if kind == 1 and len(words) > 1:  # swap two words
+        i, j = rng.sample(range(len(words)), 2)
+        words[i], words[j] = words[j], words[i]
+        return " ".join(words)
+    if kind == 2 and words:  # duplicate a word
+        i = rng.randrange(len(words))
+        words.insert(i, words[i])
+        return " ".join(words)
+    chars = list(text)
+    if not chars:
+        return rng.choice(string.ascii_lowercase)
+    i = rng.randrange(len(chars))
+    if kind == 3:  # substitute a character
+        chars[i] = rng.choice(string.ascii_lowercase.replace(chars[i].lower(), "") or "x")
+    elif kind == 4 and len(chars) > 1:  # delete a character
+        del chars[i]
+    else:  # swap adjacent characters / insert one
+        if i + 1 < len(chars) and chars[i] != chars[i + 1]:
+            chars[i], chars[i + 1] = chars[i + 1], chars[i]
+        else:
+            chars.insert(i, rng.choice(string.ascii_lowercase))
+    return "".join(chars)
+
+
+def _text_perturbations(answer: str, rng: random.Random, n: int, max_edits: int = 3) -> list[str]:
+    out: list[str] = []
+    tries = 0
+    while len(out) < n and tries < 100:
+        tries += 1
+        cand = answer
+        for _ in range(rng.randint(1, max_edits)):
+            cand = _text_edit(cand, rng)
+        if cand.strip() and cand.strip() != answer.strip() and cand not in out:
+            out.append(cand)
+    return out
+
+
+def perturb(answer: str, n: int, rng: random.Random) -> list[str]:
+    """Up to n distinct wrong answers near the correct one."""
+    if not answer.strip():
+        raise FlanmixError("empty correct answer", field="answer")
+    if _NUM.match(answer):
+        return _numeric_perturbations(answer, rng, n)
+    return _text_perturbations(answer, rng, n)
+
+
+def preference_rows(examples: Iterable[tuple[str, str]], *, kind: str = "pairs", k: int = 4, seed: int = 0,
+                    margin: bool = False) -> list[dict]:
+    """Pairs or k-way rankings from (prompt, correct answer) pairs.
+
+    pairs: chosen = the answer, rejected = one perturbation (``margin`` adds log(1 + distance) as the pair margin).
+    rankings: the answer and k − 1 perturbations with distinct distances, scored −distance, in shuffled order.
+    Examples whose answer cannot be perturbed are skipped.
+    """
+    import math
+
+    if kind not in ("pairs", "rankings"):
+        raise FlanmixError(f"unknown kind {kind!r}", field="kind", expected="pairs | rankings")
+    if kind == "rankings" and k < 2:
+        raise FlanmixError("a ranking needs k ≥ 2", field="k")
+    rows = []
+    for idx, (prompt, answer) in enumerate(examples):
+        rng = random.Random(f"{seed}:{idx}")
+        if kind == "pairs":
+            wrong = perturb(answer, 1, rng)
+            if not wrong:
+                continue
+            row = {"prompt": prompt, "chosen": answer, "rejected": wrong[0]}
+            if margin:
+                row["margin"] = round(math.log1p(distance(answer, wrong[0])), 6)
+            rows.append(row)
+        else:
+            wrong = perturb(answer, 3 * k, rng)
+            picked, seen = [], {0.0}
+            for w in wrong:
+                d = distance(answer, w)
+                if d not in seen:
+                    seen.add(d)
+                    picked.append((w, -d))
+                if len(picked) == k - 1:
+                    break
+            if len(picked) < 1:
+                continue
+            cands = [(answer, 0.0)] + picked
+            rng.shuffle(cands)
+            rows.append({"prompt": prompt, "responses": [c for c, _ in cands], "scores": [s for _, s in cands]})
+    return rows
+
+
+def task_examples(tasks: Sequence[str], *, n: int = 200, split: str = "train", seed: int = 0,
+                  variant: str = "zs_noopt") -> list[tuple[str, str]]:
+    """(inputs, targets) of rendered examples of registered tasks (through the flanmix data side)."""
+    try:
+        from flanmix import registry as reg
+    except ImportError as err:  # the data side is not there (yet)
+        raise FlanmixError(f"the task registry is unavailable: {err}") from None
+    render_examples = getattr(reg, "render_examples", None)
+    if render_examples is None:
+        try:
+            from flanmix.render import render_examples  # type: ignore
+        except ImportError:
+            raise FlanmixError("flanmix has no render_examples(task, n=, split=, seed=, variant=) to render tasks",
+                               expected="flanmix.render.render_examples") from None
+    registry = reg.load_registry()
+    names: list[str] = []
+    for t in tasks:
+        names.extend(_resolve_tasks(registry, t))
+    if not names:
+        raise FlanmixError(f"no task matches {', '.join(tasks)}", field="tasks")
+    out: list[tuple[str, str]] = []
+    for name in names:
+        for row in render_examples(name, n=n, split=split, seed=seed, variant=variant):
+            out.append((row["inputs"], row["targets"]))
+    return out
+
+
+def _resolve_tasks(registry, pattern: str) -> list[str]:
+    import fnmatch
+
+    names = list(registry.names()) if hasattr(registry, "names") else list(registry)
+    if pattern.startswith("cluster:") and hasattr(registry, "get"):
+        cluster = pattern.split(":", 1)[1]
+        return [n for n in names if getattr(registry.get(n), "cluster", None) == cluster]
+    matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    if not matched:
+        raise FlanmixError(f"unknown task {pattern!r}", field="tasks")
+    return matched

@@ -1,0 +1,214 @@
+"""Task discovery: the bundled `task_registry/`, extra folders (`--registry DIR`, `FLANMIX_REGISTRY`) and tasks
+registered from Python.
+
+A registry folder holds one task spec per YAML file (any depth) and may hold a `templates/` folder of its own.
+A spec's `templates: a/b` is looked up next to the spec, then in that registry's `templates/`, then in the bundled
+`templates/`; `templates:` may also be written inline.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from flanmix.errors import FlanmixError
+from flanmix.resources import bundled_dir
+from flanmix.spec import TaskSpec, TemplateSet
+from flanmix.task import Task
+from flanmix.yamlio import YamlDoc
+
+ENV_VAR = "FLANMIX_REGISTRY"
+_PYTHON_TASKS: dict[str, Task] = {}
+
+
+def _template_lines(doc: YamlDoc, prefix: tuple = ()) -> dict[tuple, int]:
+    lines: dict[tuple, int] = {}
+    data = doc.data
+    for key in prefix:
+        data = data[key] if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return lines
+    for kind in ("zero_shot", "cot"):
+        for i, item in enumerate(data.get(kind) or []):
+            for part in ("input", "target", "options"):
+                if isinstance(item, dict) and part in item:
+                    line = doc.line_of([*prefix, kind, i, part])
+                    if line:
+                        lines[(kind, i, part)] = line
+    return lines
+
+
+def _find_template_file(ref: str, spec_file: Path, registry_root: Path | None) -> Path:
+    candidates = []
+    names = [ref] if ref.endswith((".yaml", ".yml")) else [ref + ".yaml", ref + ".yml"]
+    for name in names:
+        candidates.append(spec_file.parent / name)
+        if registry_root is not None:
+            candidates.append(registry_root / "templates" / name)
+        candidates.append(bundled_dir("templates") / name)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FlanmixError(f"template set {ref!r} not found", file=spec_file, field="templates",
+                       expected=f"a file such as {candidates[0]} or templates/{names[0]}")
+
+
+def load_task_file(path: Path | str, registry_root: Path | None = None) -> Task:
+    """Parse, validate and compile one task spec file (and its template set)."""
+    path = Path(path)
+    doc = YamlDoc.read(path)
+    if not isinstance(doc.data, dict):
+        raise FlanmixError("a task spec must be a YAML mapping", file=path, line=1,
+                           expected="keys name, cluster, source, templates, ...")
+    spec = doc.validate(TaskSpec)
+    spec_lines = {name: doc.line_of(["fields", name]) for name in spec.fields}
+    if isinstance(spec.templates, TemplateSet):
+        templates, template_file = spec.templates, path
+        template_lines = _template_lines(doc, ("templates",))
+    else:
+        template_file = _find_template_file(spec.templates, path, registry_root)
+        tdoc = YamlDoc.read(template_file)
+        if not isinstance(tdoc.data, dict):
+            raise FlanmixError("a template set must be a YAML mapping", file=template_file, line=1,
+                               expected="keys zero_shot, cot, few_shot")
+        templates = tdoc.validate(TemplateSet)
+        template_lines = _template_lines(tdoc)
+    return Task(spec, templates, spec_file=path, template_file=template_file, template_lines=template_lines,
+                spec_lines=spec_lines)
+
+
+def spec_files(root: Path) -> Iterator[Path]:
+    """YAML task specs under a registry folder (its `templates/` folder and hidden folders are skipped)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and not (here == root and d in ("templates", "mixtures")))
+        for name in sorted(filenames):
+            if name.endswith((".yaml", ".yml")):
+                yield here / name
+
+
+def register_task(spec: TaskSpec | dict[str, Any], templates: TemplateSet | dict[str, Any] | None = None,
+                  *, replace: bool = False) -> Task:
+    """Register a task from Python. `templates` may be omitted when the spec names or inlines them."""
+    spec = spec if isinstance(spec, TaskSpec) else TaskSpec.model_validate(spec)
+    if templates is None:
+        if isinstance(spec.templates, TemplateSet):
+            templates = spec.templates
+        else:
+            ref = spec.templates
+            tfile = _find_template_file(ref, Path.cwd() / "<python>", None)
+            doc = YamlDoc.read(tfile)
+            templates = doc.validate(TemplateSet)
+    templates = templates if isinstance(templates, TemplateSet) else TemplateSet.model_validate(templates)
+    if spec.name in _PYTHON_TASKS and not replace:
+        raise FlanmixError(f"task {spec.name!r} is already registered from Python", field="name")
+    task = Task(spec, templates)
+    _PYTHON_TASKS[spec.name] = task
+    return task
+
+
+def unregister_task(name: str) -> None:
+    """Remove a task registered from Python (mainly for tests)."""
+    _PYTHON_TASKS.pop(name, None)
+
+
+class Registry:
+    """All known tasks by name, with selection by name, glob or cluster."""
+
+    def __init__(self, tasks: Iterable[Task]) -> None:
+        self._tasks: dict[str, Task] = {}
+        for task in tasks:
+            self.add(task)
+
+    def add(self, task: Task) -> None:
+        """Add a task; two tasks with one name is an error naming both files."""
+        if task.name in self._tasks:
+            other = self._tasks[task.name]
+            raise FlanmixError(f"duplicate task name {task.name!r}: defined in {other.spec_file or '<python>'} "
+                               f"and in {task.spec_file or '<python>'}", file=task.spec_file, field="name",
+                               expected="unique task names")
+        self._tasks[task.name] = task
+
+    @classmethod
+    def discover(cls, extra_dirs: Iterable[Path | str] = (), *, bundled: bool = True, env: bool = True,
+                 python: bool = True) -> "Registry":
+        """Load the bundled registry, `FLANMIX_REGISTRY` folders, `extra_dirs` and Python-registered tasks."""
+        roots: list[Path] = []
+        if bundled:
+            roots.append(bundled_dir("task_registry"))
+        if env and os.environ.get(ENV_VAR):
+            roots.extend(Path(p) for p in os.environ[ENV_VAR].split(os.pathsep) if p)
+        roots.extend(Path(p) for p in extra_dirs)
+        registry = cls([])
+        seen: set[Path] = set()
+        for root in roots:
+            if not root.is_dir():
+                raise FlanmixError("registry folder not found", file=root, expected="an existing folder")
+            for path in spec_files(root):
+                if path.resolve() in seen:
+                    continue
+                seen.add(path.resolve())
+                registry.add(load_task_file(path, registry_root=root))
+        if python:
+            for task in _PYTHON_TASKS.values():
+                registry.add(task)
+        return registry
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._tasks
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self._tasks[name] for name in sorted(self._tasks))
+
+    def names(self) -> list[str]:
+        return sorted(self._tasks)
+
+    def clusters(self) -> dict[str, list[str]]:
+        """Cluster name -> sorted task names."""
+        out: dict[str, list[str]] = {}
+        for task in self:
+            out.setdefault(task.cluster, []).append(task.name)
+        return out
+
+    def get(self, name: str) -> Task:
+        """The task called `name`; an unknown name suggests the closest ones."""
+        try:
+            return self._tasks[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, self._tasks, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise FlanmixError(f"unknown task {name!r}{hint}", field="task",
+                               expected="a registered task name (see `flanmix tasks list`)") from None
+
+    def select(self, pattern: str) -> list[Task]:
+        """Tasks matching a name, a glob (`strings.*`), `cluster:NAME` or `collection:NAME`."""
+        if pattern.startswith("cluster:"):
+            cluster = pattern.split(":", 1)[1]
+            found = [t for t in self if t.cluster == cluster]
+            if not found:
+                close = difflib.get_close_matches(cluster, self.clusters(), n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise FlanmixError(f"unknown cluster {cluster!r}{hint}", field="cluster",
+                                   expected="a cluster of registered tasks")
+            return found
+        if pattern.startswith("collection:"):
+            collection = pattern.split(":", 1)[1]
+            return [t for t in self if t.spec.collection == collection]
+        if any(ch in pattern for ch in "*?["):
+            found = [t for t in self if fnmatch.fnmatchcase(t.name, pattern)]
+            if not found:
+                raise FlanmixError(f"no task matches {pattern!r}", field="tasks", expected="a matching glob")
+            return found
+        return [self.get(pattern)]
+
+
+def load_registry(extra_dirs: Iterable[Path | str] = ()) -> Registry:
+    """Convenience: `Registry.discover(extra_dirs)`."""
+    return Registry.discover(extra_dirs)
