@@ -68,7 +68,7 @@ def _numeric_perturbations(answer: str, rng: random.Random, n: int) -> list[str]
                 s[i], s[j] = s[j], s[i]
             y = float("".join(s)) if "".join(s).lstrip("-").replace(".", "", 1).isdigit() else x + 1
         cand = _fmt_num(y, answer.strip())
-        if cand != answer.strip() and cand not in out:
+        if cand != answer and cand not in out:
             out.append(cand)
     return out
 
@@ -121,7 +121,10 @@ def perturb(answer: str, n: int, rng: random.Random) -> list[str]:
     if not answer.strip():
         raise FlanmixError("empty correct answer", field="answer")
     if _NUM.match(answer):
-        return _numeric_perturbations(answer, rng, n)
+        # keep the answer's surrounding whitespace so the format itself gives nothing away
+        lead = answer[: len(answer) - len(answer.lstrip())]
+        trail = answer[len(answer.rstrip()):]
+        return [lead + c + trail for c in _numeric_perturbations(answer.strip(), rng, n)]
     return _text_perturbations(answer, rng, n)
 
 

@@ -1,0 +1,95 @@
+"""Log-probability helpers shared by the DPO, RRHF and PPO stages.
+
+Convention used everywhere in this module: a batch is right-padded `input_ids [N, T]` with `attention_mask` and a
+`loss_mask` that is 1 on completion tokens (EOS included) and 0 on prompt and padding. The log-prob of token `t`
+is read from the logits at position `t - 1`, so every per-token tensor returned here has length `T - 1` and is
+aligned with `loss_mask[:, 1:]`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[tokens] without materialising the full log-softmax tensor twice."""
+    logits = logits.float()
+    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Per-token log π(x_t | x_<t) for t = 1..T-1: shape [N, T-1]."""
+    return gather_logprobs(logits[:, :-1], input_ids[:, 1:])
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the categorical distribution at each position (same leading shape as logits[..., 0])."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return (values * mask).sum(dim)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean over the entries where mask is 1 (over everything when dim is None)."""
+    mask = mask.to(values.dtype)
+    if dim is None:
+        return (values * mask).sum() / mask.sum().clamp(min=1.0)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Normalise to zero mean / unit variance over the masked entries (variance unbiased, as in most PPO code)."""
+    mask = mask.to(values.dtype)
+    mean = masked_mean(values, mask)
+    var = masked_mean((values - mean) ** 2, mask)
+    n = mask.sum()
+    if n > 1:
+        var = var * n / (n - 1)
+    out = (values - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out
+
+
+def forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Logits of a causal LM for a right-padded batch."""
+    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+
+def completion_logprobs(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token completion log-probs [N, T-1] (zero outside the completion) and the matching mask [N, T-1]."""
+    logits = forward_logits(model, input_ids, attention_mask)
+    mask = loss_mask[:, 1:].to(logits.dtype if logits.is_floating_point() else torch.float32)
+    logps = token_logprobs(logits, input_ids) * mask
+    return logps, mask
+
+
+def sequence_logprobs(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor, average: bool = False
+) -> torch.Tensor:
+    """log π(completion | prompt) per sequence: the sum over completion tokens, or the per-token mean."""
+    logps, mask = completion_logprobs(model, input_ids, attention_mask, loss_mask)
+    total = logps.sum(-1)
+    if average:
+        return total / mask.sum(-1).clamp(min=1.0)
+    return total
+
+
+@torch.no_grad()
+def precompute_sequence_logprobs(model, batches, average: bool = False) -> torch.Tensor:
+    """Sequence log-probs of a frozen model over an iterable of collated batches, concatenated in batch order."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for batch in batches:
+        out.append(sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
+                                     average=average).detach().float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)

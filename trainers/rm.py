@@ -1,0 +1,225 @@
+"""Reward model stage: a causal-LM backbone with a scalar head, trained on pairs and k-way rankings.
+
+Score position (defined here, once): the reward of a sequence is the head applied to the hidden state of its last
+non-pad token, found from the attention mask — never from token ids, so it is right when pad == eos and with left
+or right padding (`last_token_index`).
+
+Loss (InstructGPT, eq. 1; with the optional margin of Llama 2):
+
+    loss(θ) = − 1/|P_x| Σ_{(y_w, y_l) ∈ P_x} log σ( r_θ(x, y_w) − r_θ(x, y_l) − m )
+
+P_x are all (better, worse) pairs of the k responses to prompt x; the batch loss is the mean over prompts. A pair
+row is k = 2, one pair.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from flanmix.errors import FlanmixError
+
+SCALAR_HEADS = ("score", "classifier")
+
+
+# --------------------------------------------------------------------------------------------------- the model
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last attended (non-pad) position of each row; works for left and right padding."""
+    T = attention_mask.shape[-1]
+    pos = torch.arange(T, device=attention_mask.device).expand_as(attention_mask)
+    return (pos * attention_mask.to(pos.dtype)).argmax(-1)
+
+
+def scalar_head(model) -> torch.nn.Module:
+    for name in SCALAR_HEADS:
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Module):
+            return head
+    raise FlanmixError(f"{type(model).__name__} has no scalar head", expected="a score/classifier head")
+
+
+def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Head output at every position [N, T] (PPO's critic uses this; the RM reads one position of it)."""
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return scalar_head(model)(hidden).squeeze(-1).float()
+
+
+def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """r(x, y) per sequence [N]: the scalar head at the last non-pad token."""
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    idx = last_token_index(attention_mask)
+    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
+    return scalar_head(model)(last).squeeze(-1).float()
+
+
+def new_reward_model(path: str | Path, seed: int = 0, head_std: float | None = None):
+    """A scalar-head model initialised from a causal-LM (or reward-model) folder."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from transformers.utils import logging as hf_logging
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FlanmixError("not a model folder (no config.json)", file=path)
+    config = AutoConfig.from_pretrained(path)
+    config.num_labels = 1
+    if config.pad_token_id is None:
+        config.pad_token_id = config.eos_token_id
+    torch.manual_seed(seed)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized score head" warning is expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, config=config)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    head = scalar_head(model)
+    if not is_reward_model_folder(path) and isinstance(head, torch.nn.Linear):
+        std = head_std if head_std is not None else 1.0 / (config.hidden_size + 1) ** 0.5
+        torch.nn.init.normal_(head.weight, std=std)
+        if head.bias is not None:
+            torch.nn.init.zeros_(head.bias)
+    return model
+
+
+def is_reward_model_folder(path: str | Path) -> bool:
+    cfg_path = Path(path) / "config.json"
+    if not cfg_path.is_file():
+        return False
+    cfg = json.loads(cfg_path.read_text())
+    archs = cfg.get("architectures") or []
+    n_labels = cfg.get("num_labels", len(cfg.get("id2label", {}) or {}) or None)
+    return any(a.endswith("ForSequenceClassification") for a in archs) and n_labels == 1
+
+
+def load_reward_model(path: str | Path):
+    """Load a trained reward model; a folder without a scalar head is a user error."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FlanmixError("reward model folder not found (no config.json)", file=path)
+    if not is_reward_model_folder(path):
+        raise FlanmixError("reward model folder has no scalar head", file=path,
+                           expected="a model saved by the rm stage (…ForSequenceClassification, num_labels=1)")
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    scalar_head(model)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------- the loss
+
+def group_mean(values: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Mean over groups of the per-group mean of `values` (indexed by `group`); returns (mean, n_groups)."""
+    if values.numel() == 0:
+        return values.sum(), 0
+    uniq, inv = torch.unique(group, return_inverse=True)
+    sums = torch.zeros(len(uniq), dtype=values.dtype, device=values.device).index_add(0, inv, values)
+    counts = torch.zeros(len(uniq), dtype=values.dtype, device=values.device).index_add(
+        0, inv, torch.ones_like(values))
+    return (sums / counts).mean(), len(uniq)
+
+
+def pairwise_loss(rewards: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:
+    """−log σ(r_w − r_l − m), averaged per prompt then over prompts; metrics accuracy and mean margin."""
+    r_w = rewards[batch["pair_chosen"]]
+    r_l = rewards[batch["pair_rejected"]]
+    diff = r_w - r_l
+    per_pair = -F.logsigmoid(diff - batch["pair_margin"].to(diff.dtype))
+    loss, _ = group_mean(per_pair, batch["pair_group"])
+    with torch.no_grad():
+        metrics = {
+            "accuracy": (diff > 0).float().mean().item(),
+            "margin": diff.mean().item(),
+            "reward_mean": rewards.mean().item(),
+        }
+    return loss, metrics
+
+
+def rm_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
+    rewards = reward_scores(model, batch["input_ids"], batch["attention_mask"])
+    return pairwise_loss(rewards, batch)
+
+
+@torch.no_grad()
+def evaluate_rm(model, encoded_groups, pad_id: int, batch_size: int = 32) -> dict:
+    """Pairwise accuracy and mean margin of a reward model over held-out groups (all pairs counted equally)."""
+    from trainers.preference import collate
+
+    was = model.training
+    model.eval()
+    correct = total = 0
+    margin_sum = 0.0
+    device = next(model.parameters()).device
+    for i in range(0, len(encoded_groups), batch_size):
+        batch = collate(encoded_groups[i: i + batch_size], pad_id)
+        r = reward_scores(model, batch["input_ids"].to(device), batch["attention_mask"].to(device)).cpu()
+        d = r[batch["pair_chosen"]] - r[batch["pair_rejected"]]
+        correct += int((d > 0).sum())
+        total += d.numel()
+        margin_sum += float(d.sum())
+    model.train(was)
+    return {"accuracy": correct / max(total, 1), "margin": margin_sum / max(total, 1), "pairs": total}
+
+
+# ---------------------------------------------------------------------------------------------------- the stage
+
+class RewardStage:
+    """Stage protocol object for `trainers.loop.train` (see trainers/loop.py)."""
+
+    name = "rm"
+
+    def __init__(self, model, tokenizer, train_groups, eval_groups=None):
+        from trainers.preference import pad_id_of
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pad_id = pad_id_of(tokenizer)
+        self._train = train_groups
+        self._eval = eval_groups or None
+
+    def train_dataset(self):
+        return self._train
+
+    def eval_dataset(self):
+        return self._eval
+
+    def collate(self, rows):
+        from trainers.preference import collate
+
+        return collate(rows, self.pad_id)
+
+    def count(self, batch) -> int:
+        return int(torch.unique(batch["pair_group"]).numel())
+
+    def loss(self, model, batch):
+        return rm_loss(model, batch)
+
+    def save(self, ctx, out_dir: Path) -> None:
+        model = ctx.accelerator.unwrap_model(ctx.model) if ctx is not None else self.model
+        model.config.pad_token_id = self.pad_id
+        model.save_pretrained(out_dir)
+        self.tokenizer.save_pretrained(out_dir)
+
+
+def build_stage(model_path: str | Path, data: Any, *, max_length: int = 256, eval_fraction: float = 0.1,
+                eval_data: Any = None, seed: int = 0) -> RewardStage:
+    """Load tokenizer, data and a scalar-head model from `model_path`; returns the stage."""
+    from trainers.preference import encode_groups, load_preferences, split_groups
+    from trainers.preference import load_tokenizer
+
+    tokenizer = load_tokenizer(model_path)
+    groups = data if isinstance(data, list) else load_preferences(data)
+    if eval_data is not None:
+        train_g, eval_g = groups, load_preferences(eval_data)
+    else:
+        train_g, eval_g = split_groups(groups, eval_fraction, seed)
+    model = new_reward_model(model_path, seed=seed)
+    model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+        else tokenizer.eos_token_id
+    return RewardStage(model, tokenizer, encode_groups(tokenizer, train_g, max_length),
+                       encode_groups(tokenizer, eval_g, max_length))

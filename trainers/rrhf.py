@@ -1,0 +1,153 @@
+"""RRHF stage (Yuan et al. 2023): rank responses by length-normalised log-probability, plus SFT on the best.
+
+For a prompt x with k responses y_1..y_k and their scores r_1..r_k (reward model, programmatic, or given):
+
+    p_i     = (1/|y_i|) Σ_t log π(y_{i,t} | x, y_{i,<t})                  (eq. 1, length-normalised)
+    L_rank  = Σ_{r_i < r_j} max(0, p_i − p_j)                            (eq. 2)
+    L_ft    = − (1/|y_best|) Σ_t log π(y_{best,t} | x, y_{best,<t})       (eq. 3, y_best = argmax_i r_i)
+    L       = L_rank + λ · L_ft                                            (eq. 4)
+
+Ties (r_i == r_j) give no rank term. The loss is computed per prompt and averaged over the prompts of the batch,
+so any batch size works (the k responses of a prompt are grouped by the collator).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flanmix.errors import FlanmixError
+from trainers.logprobs import sequence_logprobs
+
+
+def rrhf_loss_from_scores(p: torch.Tensor, batch: dict, sft_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """RRHF loss given per-sequence length-normalised log-probs `p` [N] of a collated batch."""
+    group, scores = batch["group"].to(p.device), batch["scores"].to(p.device)
+    worse, better = batch["pair_rejected"].to(p.device), batch["pair_chosen"].to(p.device)
+    n_groups = int(group.max().item()) + 1
+    # L_rank: each (better j, worse i) pair contributes max(0, p_i − p_j) to its prompt
+    hinge = torch.relu(p[worse] - p[better])
+    rank = torch.zeros(n_groups, dtype=p.dtype, device=p.device).index_add(0, group[worse], hinge)
+    # y_best per prompt: the first response with the top score
+    best = torch.empty(n_groups, dtype=torch.long, device=p.device)
+    for g in range(n_groups):
+        idx = (group == g).nonzero().squeeze(-1)
+        best[g] = idx[torch.argmax(scores[idx])]
+    ft = -p[best]
+    per_prompt = rank + sft_weight * ft
+    with torch.no_grad():
+        metrics = {
+            "rank_loss": rank.mean().item(),
+            "sft_loss": ft.mean().item(),
+            "accuracy": (p[better] > p[worse]).float().mean().item() if better.numel() else 0.0,
+        }
+    return per_prompt.mean(), metrics
+
+
+def rrhf_loss(model, batch: dict, sft_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+    p = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"], average=True)
+    return rrhf_loss_from_scores(p, batch, sft_weight)
+
+
+class RRHFStage:
+    """Stage protocol object for `trainers.loop.train` (see trainers/loop.py)."""
+
+    name = "rrhf"
+
+    def __init__(self, model, tokenizer, train_groups, eval_groups=None, *, sft_weight: float = 1.0):
+        from trainers.preference import pad_id_of
+
+        self.model, self.tokenizer = model, tokenizer
+        self.pad_id = pad_id_of(tokenizer)
+        self.sft_weight = sft_weight
+        self._train, self._eval = train_groups, eval_groups or None
+
+    def train_dataset(self):
+        return self._train
+
+    def eval_dataset(self):
+        return self._eval
+
+    def collate(self, rows):
+        from trainers.preference import collate
+
+        return collate(rows, self.pad_id)
+
+    def count(self, batch) -> int:
+        return int(batch["group"].max().item()) + 1
+
+    def loss(self, model, batch):
+        return rrhf_loss(model, batch, self.sft_weight)
+
+    def save(self, ctx, out_dir: Path) -> None:
+        model = ctx.accelerator.unwrap_model(ctx.model) if ctx is not None else self.model
+        model.save_pretrained(out_dir)
+        self.tokenizer.save_pretrained(out_dir)
+
+
+@torch.no_grad()
+def sample_candidates(model, tokenizer, prompts: list, k: int, max_new_tokens: int = 32,
+                      temperature: float = 1.0, seed: int = 0, batch_size: int = 16) -> list[list[str]]:
+    """k sampled completions per prompt from a causal LM (the SFT model in a pipeline)."""
+    from trainers.preference import render_prompt
+
+    torch.manual_seed(seed)
+    was = model.training
+    model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    out: list[list[str]] = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            texts = [render_prompt(tokenizer, p) for p in prompts[i: i + batch_size]]
+            enc = tokenizer(texts, return_tensors="pt", padding=True)
+            gen = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                                 max_new_tokens=max_new_tokens, num_return_sequences=k,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            comp = gen[:, enc["input_ids"].shape[1]:]
+            dec = tokenizer.batch_decode(comp, skip_special_tokens=True)
+            for j in range(len(texts)):
+                out.append(dec[j * k: (j + 1) * k])
+    finally:
+        tokenizer.padding_side = side
+        model.train(was)
+    return out
+
+
+def score_candidates_with_rm(rm_model, tokenizer, prompts: list, candidates: list[list[str]],
+                             max_length: int = 256) -> list[list[float]]:
+    """Reward-model scores of each candidate (read at the last non-pad token)."""
+    from trainers.preference import collate, encode_prompt_completion, render_prompt, pad_id_of, EncodedGroup
+    from trainers.rm import reward_scores
+
+    rm_model.eval()
+    out = []
+    for prompt, cands in zip(prompts, candidates):
+        p_text = render_prompt(tokenizer, prompt)
+        encs = [encode_prompt_completion(tokenizer, p_text, c if c.strip() else " ") for c in cands]
+        g = EncodedGroup(encs[0][0], [e[1][: max_length] for e in encs], [0.0] * len(cands))
+        b = collate([g], pad_id_of(tokenizer))
+        with torch.no_grad():
+            r = reward_scores(rm_model, b["input_ids"], b["attention_mask"])
+        out.append([float(x) for x in r])
+    return out
+
+
+def build_stage(model_path: str | Path, data: Any, *, sft_weight: float = 1.0, max_length: int = 256,
+                eval_fraction: float = 0.1, eval_data: Any = None, seed: int = 0) -> RRHFStage:
+    from trainers.dpo import load_policy
+    from trainers.preference import encode_groups, load_preferences, load_tokenizer, split_groups
+
+    tokenizer = load_tokenizer(model_path)
+    groups = data if isinstance(data, list) else load_preferences(data)
+    if not groups:
+        raise FlanmixError("no RRHF training groups", field="data")
+    if eval_data is not None:
+        train_g, eval_g = groups, load_preferences(eval_data)
+    else:
+        train_g, eval_g = split_groups(groups, eval_fraction, seed)
+    model = load_policy(model_path)
+    return RRHFStage(model, tokenizer, encode_groups(tokenizer, train_g, max_length),
+                     encode_groups(tokenizer, eval_g, max_length), sft_weight=sft_weight)
