@@ -2,7 +2,7 @@
 registered from Python.
 
 A registry folder holds one task spec per YAML file (any depth) and may hold a `templates/` folder of its own.
-A spec's `templates: a/b` is looked up next to the spec, then in that registry's `templates/`, then in the bundled
+A spec's `templates: a/b` is looked up in that registry's `templates/`, then next to the spec, then in the bundled
 `templates/`; `templates:` may also be written inline.
 """
 
@@ -45,12 +45,12 @@ def _find_template_file(ref: str, spec_file: Path, registry_root: Path | None) -
     candidates = []
     names = [ref] if ref.endswith((".yaml", ".yml")) else [ref + ".yaml", ref + ".yml"]
     for name in names:
-        candidates.append(spec_file.parent / name)
         if registry_root is not None:
             candidates.append(registry_root / "templates" / name)
+        candidates.append(spec_file.parent / name)
         candidates.append(bundled_dir("templates") / name)
     for candidate in candidates:
-        if candidate.is_file():
+        if candidate.is_file() and candidate.resolve() != spec_file.resolve():
             return candidate
     raise FlanmixError(f"template set {ref!r} not found", file=spec_file, field="templates",
                        expected=f"a file such as {candidates[0]} or templates/{names[0]}")

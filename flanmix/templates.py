@@ -31,7 +31,8 @@ class _ChoiceRng:
 _CHOICE = _ChoiceRng()
 
 
-def _seeded_choice(values: Sequence[Any]) -> Any:
+@jinja2.pass_context  # also keeps Jinja from constant-folding `[...] | choice` at compile time
+def _seeded_choice(_context: Any, values: Sequence[Any]) -> Any:
     values = list(values)
     if not values:
         raise FlanmixError("choice filter got an empty list")
