@@ -58,3 +58,557 @@ device sync).
 """
 
 from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from flanmix.errors import FlanmixError
+
+# --------------------------------------------------------------------------------------------------- config / ctx
+
+
+@dataclass
+class LoopConfig:
+    """Everything the loop needs besides the stage. Sizes are per process; the global batch is
+    batch_size * grad_accum * num_processes rows."""
+
+    output_dir: str
+    batch_size: int = 8
+    grad_accum: int = 1
+    epochs: float = 1.0
+    max_steps: int | None = None          # optimizer steps; overrides epochs
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    schedule: str = "cosine"              # cosine | linear | constant
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1             # cosine/linear decay down to lr * min_lr_ratio
+    max_grad_norm: float | None = 1.0     # None or 0: no clipping
+    mixed_precision: str = "auto"         # auto (bf16 on a GPU that has it, else fp32) | no | bf16 | fp16
+    gradient_checkpointing: bool = False
+    eval_every: int = 0                   # steps; 0: only at the end (if the stage has eval data)
+    eval_batch_size: int | None = None
+    save_every: int = 0                   # steps; 0: only the final checkpoint
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    resume: str = "auto"                  # auto | never | path to a checkpoint folder
+    progress: bool = True
+    tensorboard: bool = True
+    deepspeed: str | dict | None = None   # DeepSpeed config (file or dict); also picked up from `accelerate launch`
+    save_final: bool = True
+
+
+@dataclass
+class LoopContext:
+    """What the loop hands to stage hooks."""
+
+    accelerator: Any
+    model: torch.nn.Module
+    unwrapped: torch.nn.Module
+    cfg: LoopConfig
+    step: int = 0
+    log: Callable[[dict], None] = lambda record: None
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    history: list[dict]
+    final_dir: str | None
+    last_checkpoint: str | None
+
+
+class Stage:
+    """Optional base class with the protocol's defaults. Subclasses set name/model and implement loss() plus
+    train_dataset()+collate() or batches()."""
+
+    name = "stage"
+    model: torch.nn.Module
+    tokenizer: Any = None
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def count(self, batch) -> float:
+        return default_count(batch)
+
+    def eval_dataset(self):
+        return None
+
+    def setup(self, ctx: LoopContext) -> None:
+        pass
+
+
+def default_count(batch) -> float:
+    for v in batch.values():
+        if isinstance(v, torch.Tensor):
+            return v.shape[0]
+    raise ValueError("batch has no tensor to count rows from")
+
+
+# -------------------------------------------------------------------------------------------------------- helpers
+
+
+def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
+    """Multiplier of the base lr at optimizer step `step` (0-based): linear warm-up, then decay."""
+    if schedule not in ("cosine", "linear", "constant"):
+        raise FlanmixError(f"unknown schedule {schedule!r}", field="schedule", expected="cosine | linear | constant")
+
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "linear":
+            return 1.0 - (1.0 - min_ratio) * progress
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices only (not biases, norms, or 1-d params)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+class IndexStream:
+    """Row indices of a map-style dataset as an endless stream of seeded per-epoch permutations.
+
+    The rows of global step s are positions [s*G, (s+1)*G): a pure function of (seed, position), so resuming only
+    needs the position.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._epoch, self._perm = -1, None
+
+    def perm(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+        return self._perm
+
+    def take(self, start: int, count: int) -> list[int]:
+        out = []
+        for p in range(start, start + count):
+            out.append(int(self.perm(p // self.n)[p % self.n]))
+        return out
+
+
+def _resolve_mixed_precision(mode: str) -> str:
+    if mode not in ("auto", "no", "bf16", "fp16"):
+        raise FlanmixError(f"unknown mixed_precision {mode!r}", field="mixed_precision",
+                           expected="auto | no | bf16 | fp16")
+    if mode != "auto":
+        return mode
+    # bf16 autocast on CPU is slower and larger than fp32 (measured), so auto means bf16 only on a GPU.
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _make_accelerator(cfg: LoopConfig):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DeepSpeedPlugin
+
+    # Several runs in one process (tests, pipelines) must not inherit the previous run's accumulation settings.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    kwargs: dict[str, Any] = {}
+    ds = cfg.deepspeed
+    if ds is not None:
+        if isinstance(ds, (str, Path)):
+            p = Path(ds)
+            if not p.exists():
+                raise FlanmixError("DeepSpeed config not found", file=p, field="deepspeed")
+            ds = json.loads(p.read_text())
+        ds = dict(ds)
+        ds.setdefault("gradient_accumulation_steps", cfg.grad_accum)
+        ds.setdefault("train_micro_batch_size_per_gpu", cfg.batch_size)
+        if cfg.max_grad_norm:
+            ds.setdefault("gradient_clipping", cfg.max_grad_norm)
+        for key in ("gradient_accumulation_steps", "train_micro_batch_size_per_gpu", "gradient_clipping"):
+            if ds.get(key) == "auto":
+                ds[key] = {"gradient_accumulation_steps": cfg.grad_accum,
+                           "train_micro_batch_size_per_gpu": cfg.batch_size,
+                           "gradient_clipping": cfg.max_grad_norm or 0.0}[key]
+        ds.pop("train_batch_size", None)
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=ds)
+    return Accelerator(
+        mixed_precision=_resolve_mixed_precision(cfg.mixed_precision),
+        gradient_accumulation_steps=cfg.grad_accum,
+        **kwargs,
+    )
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def _num_tokens(batch: dict) -> int:
+    if "num_tokens" in batch:
+        return int(batch["num_tokens"])
+    am = batch.get("attention_mask")
+    if isinstance(am, torch.Tensor) and am.ndim == 2:
+        return int(am.sum())
+    ids = batch.get("input_ids")
+    return int(ids.numel()) if isinstance(ids, torch.Tensor) else 0
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    done = [p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")
+            and (p / "loop_state.json").exists()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+class _StageState:
+    """Adapter so accelerate's save_state/load_state carries the stage's own state."""
+
+    def __init__(self, stage):
+        self.stage = stage
+
+    def state_dict(self):
+        return self.stage.state_dict()
+
+    def load_state_dict(self, state):
+        self.stage.load_state_dict(state)
+
+
+# ----------------------------------------------------------------------------------------------------------- loop
+
+
+def train(stage, cfg: LoopConfig) -> TrainResult:
+    """Optimise `stage.model` with `stage.loss` as configured by `cfg` (see the module docstring)."""
+    from accelerate.utils import set_seed
+
+    if cfg.batch_size < 1 or cfg.grad_accum < 1:
+        raise FlanmixError("batch_size and grad_accum must be >= 1", field="batch_size")
+    out = Path(cfg.output_dir)
+    accelerator = _make_accelerator(cfg)
+    set_seed(cfg.seed)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    is_main = accelerator.is_main_process
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    model = stage.model
+    if cfg.gradient_checkpointing:
+        if not hasattr(model, "gradient_checkpointing_enable"):
+            raise FlanmixError("model does not support gradient checkpointing", field="gradient_checkpointing")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+
+    groups = stage.param_groups(model) if hasattr(stage, "param_groups") else None
+    groups = groups or param_groups(model, cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+    # -- data: a map-style dataset the loop batches, or micro-batches the stage makes itself
+    own_batches = hasattr(stage, "batches")
+    dataset = None if own_batches else stage.train_dataset()
+    global_rows = cfg.batch_size * cfg.grad_accum * world
+    if own_batches:
+        if cfg.max_steps is None:
+            raise FlanmixError("a stage that makes its own batches needs max_steps", field="max_steps")
+        total_steps = cfg.max_steps
+    else:
+        if len(dataset) == 0:
+            raise FlanmixError("training dataset is empty", field="data")
+        total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(dataset) / global_rows))
+    lengths = stage.lengths() if (dataset is not None and hasattr(stage, "lengths")) else None
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    if hasattr(stage, "state_dict") and hasattr(stage, "load_state_dict"):
+        accelerator.register_for_checkpointing(_StageState(stage))
+
+    history: list[dict] = []
+    writer = None
+    if is_main and cfg.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out / "tb"))
+        except ImportError:  # tensorboard is optional
+            writer = None
+    metrics_file = (out / "metrics.jsonl").open("a", encoding="utf-8") if is_main else None
+
+    def log(record: dict) -> None:
+        if not is_main:
+            return
+        history.append(record)
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+        if writer is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    writer.add_scalar(f"{stage.name}/{k}", v, record["step"])
+
+    ctx = LoopContext(accelerator=accelerator, model=model, unwrapped=accelerator.unwrap_model(model), cfg=cfg,
+                      log=log)
+
+    # -- resume
+    step, position = 0, 0
+    last_ckpt: Path | None = None
+    resume_from = _find_resume(cfg, out)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        state = json.loads((resume_from / "loop_state.json").read_text())
+        step, position = state["step"], state["position"]
+        if state.get("total_steps") not in (None, total_steps):
+            raise FlanmixError(f"checkpoint was made for {state['total_steps']} total steps, config gives "
+                               f"{total_steps}", file=resume_from, field="max_steps")
+        last_ckpt = resume_from
+        if is_main:
+            print(f"[{stage.name}] resumed from {resume_from} at step {step}", flush=True)
+    ctx.step = step
+    if hasattr(stage, "setup"):
+        stage.setup(ctx)
+
+    stream = IndexStream(len(dataset), cfg.seed) if dataset is not None else None
+    batch_iter: Iterator[dict] | None = iter(stage.batches(ctx)) if own_batches else None
+    count_fn = getattr(stage, "count", default_count)
+
+    def next_micro_batches() -> list[dict]:
+        """This process's grad_accum micro-batches of the next step (CPU tensors)."""
+        nonlocal position
+        if batch_iter is not None:
+            mbs = [next(batch_iter) for _ in range(cfg.grad_accum)]
+            position += cfg.grad_accum
+            return mbs
+        idx = stream.take(position, global_rows)
+        position += global_rows
+        if lengths is not None:
+            # Rows of similar length share a micro-batch (less padding); the step's loss does not depend on it.
+            idx.sort(key=lambda i: -lengths[i])
+        chunks = [idx[k * cfg.batch_size:(k + 1) * cfg.batch_size] for k in range(cfg.grad_accum * world)]
+        return [stage.collate([dataset[i] for i in chunks[k]]) for k in range(rank, len(chunks), world)]
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=step, desc=stage.name, disable=not (is_main and cfg.progress),
+               dynamic_ncols=True)
+    device = accelerator.device
+    gas = cfg.grad_accum
+    zero = lambda: torch.zeros((), device=device)  # noqa: E731
+    win_loss, win_steps, win_tokens, win_metrics = zero(), 0, 0, {}
+    bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    win_start = time.perf_counter()
+    grad_norm = None
+
+    def check_finite() -> None:
+        bad = int(accelerator.reduce(bad_step.clone(), "max")) if world > 1 else int(bad_step)
+        if bad >= 0:
+            where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else "; no checkpoint was saved"
+            if metrics_file is not None:
+                metrics_file.write(json.dumps({"step": bad, "event": "nonfinite_loss"}) + "\n")
+                metrics_file.flush()
+            raise FlanmixError(f"[{stage.name}] loss became NaN/inf at step {bad}; training stopped{where} "
+                               f"(try a lower lr, max_grad_norm, or fp32)", field="lr")
+
+    def save_checkpoint() -> Path:
+        nonlocal last_ckpt
+        check_finite()
+        final = out / "checkpoints" / f"step-{step}"
+        tmp = out / "checkpoints" / f"step-{step}.tmp"
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if is_main:
+            (tmp / "loop_state.json").write_text(json.dumps(
+                {"step": step, "position": position, "total_steps": total_steps, "stage": stage.name,
+                 "config": _jsonable(asdict(cfg))}, indent=1))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in checkpoints(out)[: -cfg.keep_checkpoints] if cfg.keep_checkpoints > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        last_ckpt = final
+        return final
+
+    eval_data = stage.eval_dataset() if hasattr(stage, "eval_dataset") else None
+
+    def evaluate() -> None:
+        if not eval_data and not hasattr(stage, "evaluate"):
+            return
+        model.eval()
+        record: dict[str, Any] = {"step": step}
+        if eval_data:
+            ebs = cfg.eval_batch_size or cfg.batch_size
+            starts = list(range(0, len(eval_data), ebs))
+            total = zero()
+            weight = zero()
+            with torch.no_grad():
+                for s in starts[rank::world]:
+                    b = stage.collate([eval_data[i] for i in range(s, min(s + ebs, len(eval_data)))])
+                    c = float(count_fn(b))
+                    loss, _ = stage.loss(model, _to_device(b, device))
+                    total += loss.detach().float() * c
+                    weight += c
+            if world > 1:
+                total, weight = accelerator.reduce(total, "sum"), accelerator.reduce(weight, "sum")
+            record["eval_loss"] = float(total / weight.clamp_min(1e-12))
+        if hasattr(stage, "evaluate"):
+            record.update(stage.evaluate(ctx) or {})
+        model.train()
+        log(record)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "step" and isinstance(v, float)})
+
+    # -- the loop
+    while step < total_steps:
+        mbs = next_micro_batches()
+        counts = [float(count_fn(b)) for b in mbs]
+        total_count = torch.tensor(sum(counts), device=device)
+        if world > 1:
+            total_count = accelerator.reduce(total_count, "sum")
+        # loss_i * count_i / W is this micro-batch's share of the global mean; accelerate divides by gas and the
+        # gradient all-reduce averages over processes, so both are multiplied back.
+        scale = [c * gas * world / total_count for c in counts]
+        step_loss = zero()
+        for b, s, c in zip(mbs, scale, counts):
+            win_tokens += _num_tokens(b)
+            b = _to_device(b, device)
+            with accelerator.accumulate(model):
+                loss, metrics = stage.loss(model, b)
+                accelerator.backward(loss * s)
+                share = s / (gas * world)
+                step_loss += loss.detach().float() * share
+                for k, v in metrics.items():
+                    v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v), device=device)
+                    win_metrics[k] = win_metrics.get(k, zero()) + v * share
+                if accelerator.sync_gradients:
+                    grad_norm = None
+                    if cfg.max_grad_norm:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(step_loss),
+                               torch.tensor(step, device=device), bad_step)
+        win_loss += step_loss
+        win_steps += 1
+        step += 1
+        ctx.step = step
+        bar.update(1)
+
+        if step % cfg.log_every == 0 or step == total_steps:
+            check_finite()
+            elapsed = time.perf_counter() - win_start
+            vals = torch.stack([win_loss] + list(win_metrics.values()))
+            if world > 1:
+                vals = accelerator.reduce(vals, "sum")
+                win_tokens_all = int(accelerator.reduce(torch.tensor(win_tokens, device=device), "sum"))
+            else:
+                win_tokens_all = win_tokens
+            vals = (vals / win_steps).tolist()
+            record = {"step": step, "loss": vals[0], "lr": scheduler.get_last_lr()[0],
+                      "tokens_per_s": win_tokens_all / max(elapsed, 1e-9),
+                      "epoch": (position / len(dataset)) if dataset is not None else None}
+            if grad_norm is not None:
+                record["grad_norm"] = float(grad_norm)
+            record.update({f"{k}": v for k, v in zip(win_metrics.keys(), vals[1:])})
+            log(record)
+            bar.set_postfix(loss=f"{vals[0]:.4f}", lr=f"{record['lr']:.2e}")
+            win_loss, win_steps, win_tokens, win_metrics = zero(), 0, 0, {}
+            win_start = time.perf_counter()
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
+            evaluate()
+        if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+            save_checkpoint()
+
+    bar.close()
+    check_finite()
+    evaluate()
+    save_checkpoint()
+    final_dir = None
+    if cfg.save_final:
+        final_dir = out / "final"
+        save_final(stage, ctx, final_dir)
+    if metrics_file is not None:
+        metrics_file.close()
+    if writer is not None:
+        writer.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(steps=step, history=history, final_dir=str(final_dir) if final_dir else None,
+                       last_checkpoint=str(last_ckpt) if last_ckpt else None)
+
+
+def save_final(stage, ctx: LoopContext, out_dir: Path) -> None:
+    """Write the trained model (stage.save if it has one, else save_pretrained + tokenizer), atomically."""
+    acc = ctx.accelerator
+    tmp = out_dir.parent / f"{out_dir.name}.tmp"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    if hasattr(stage, "save"):
+        stage.save(ctx, tmp)
+    else:
+        state = acc.get_state_dict(ctx.model)
+        unwrapped = acc.unwrap_model(ctx.model)
+        if hasattr(unwrapped, "config") and getattr(unwrapped.config, "use_cache", None) is False:
+            unwrapped.config.use_cache = True
+        unwrapped.save_pretrained(tmp, state_dict=state, is_main_process=acc.is_main_process,
+                                  save_function=acc.save, safe_serialization=True)
+        if acc.is_main_process and getattr(stage, "tokenizer", None) is not None:
+            stage.tokenizer.save_pretrained(tmp)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp, out_dir)
+    acc.wait_for_everyone()
+
+
+def _find_resume(cfg: LoopConfig, out: Path) -> Path | None:
+    if cfg.resume in ("never", "", None):
+        return None
+    if cfg.resume == "auto":
+        found = checkpoints(out)
+        return found[-1] if found else None
+    p = Path(cfg.resume)
+    if not (p / "loop_state.json").exists():
+        raise FlanmixError("not a complete checkpoint folder", file=p, field="resume",
+                           expected="checkpoints/step-N with loop_state.json")
+    return p
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)

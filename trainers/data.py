@@ -1,0 +1,256 @@
+"""Reading training files and turning rows into token ids with a loss mask.
+
+Row shapes (first match wins):
+    inputs / targets        flanmix mixture rows (a folder of *.parquet shards + manifest.json, or one file)
+    prompt / completion     plain prompt-completion pairs
+    messages                chat: a list of {"role", "content"}; loss on assistant turns only
+
+The prompt/completion boundary. A BPE tokenizer may merge characters across the boundary when prompt+completion is
+tokenized as one string, so "the prompt's tokens" would no longer be a prefix of the joint tokenization, and the
+model would be trained on a token sequence it never sees at inference (where the prompt is tokenized alone and the
+completion generated after it). We therefore tokenize each segment separately (prompt exactly as inference does,
+BOS included if the tokenizer adds one) and concatenate the ids. `check_prefix` verifies the invariant on the
+result. EOS is appended to every trained segment as an id (never as text), so it is in the labels even when
+pad == eos: masking is driven by the labels we build, never by comparing ids to pad.
+
+Labels are returned *unshifted* (`labels[t]` is the target for token t, -100 = not trained); collators shift them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence
+
+from flanmix.errors import FlanmixError
+
+IGNORE = -100
+Truncation = Literal["truncate", "drop"]
+
+
+# ----------------------------------------------------------------------------------------------------------- files
+
+def data_files(path: str | Path) -> list[Path]:
+    """The data files behind `path`: a file, or a folder's *.parquet / *.jsonl shards (sorted)."""
+    path = Path(path)
+    if not path.exists():
+        raise FlanmixError("data path not found", file=path)
+    if path.is_file():
+        return [path]
+    shard_dir = path / "shards" if (path / "shards").is_dir() else path
+    files = sorted(shard_dir.glob("*.parquet")) or sorted(shard_dir.glob("*.jsonl")) or sorted(path.rglob("*.parquet"))
+    if not files:
+        raise FlanmixError("no *.parquet or *.jsonl files in folder", file=path)
+    return files
+
+
+def read_rows(path: str | Path, columns: Sequence[str] | None = None) -> list[dict]:
+    """All rows of a Parquet/JSONL file or shard folder as dicts (optionally only `columns`)."""
+    rows: list[dict] = []
+    for f in data_files(path):
+        if f.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                table = pq.read_table(f, columns=[c for c in (columns or []) if c in pq.read_schema(f).names] or None)
+            except Exception as err:  # pyarrow raises many types for a corrupt file
+                raise FlanmixError(f"cannot read Parquet file: {err}", file=f) from err
+            rows.extend(table.to_pylist())
+        elif f.suffix in (".jsonl", ".json"):
+            rows.extend(_read_jsonl(f, columns))
+        else:
+            raise FlanmixError("unsupported data file type", file=f, expected=".parquet or .jsonl")
+    return rows
+
+
+def _read_jsonl(f: Path, columns: Sequence[str] | None) -> Iterable[dict]:
+    with f.open(encoding="utf-8") as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise FlanmixError(f"invalid JSON: {err.msg}", file=f, line=i) from err
+            if not isinstance(row, dict):
+                raise FlanmixError("each line must be a JSON object", file=f, line=i)
+            yield {k: row[k] for k in columns if k in row} if columns else row
+
+
+def detect_format(columns: Iterable[str], *, source: str | Path | None = None) -> str:
+    """'inputs_targets' | 'prompt_completion' | 'messages' from the available column names."""
+    cols = set(columns)
+    if {"inputs", "targets"} <= cols:
+        return "inputs_targets"
+    if {"prompt", "completion"} <= cols:
+        return "prompt_completion"
+    if "messages" in cols:
+        return "messages"
+    raise FlanmixError(f"missing columns; found {sorted(cols)}", file=source,
+                       expected="inputs+targets, prompt+completion or messages")
+
+
+# ---------------------------------------------------------------------------------------------------- tokenization
+
+@dataclass
+class TokenStats:
+    """What happened to the rows while tokenizing (logged by the SFT stage)."""
+
+    rows: int = 0
+    kept: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    max_len_seen: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "notes"}
+
+
+def adds_bos(tokenizer) -> bool:
+    """True if `tokenizer(text)` prepends BOS by itself (Llama-style); then we prepend it to every example."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return len(ids) > 0 and ids[0] == bos
+
+
+def tokenize_segments(tokenizer, segments: Sequence[tuple[str, bool]], *, bos: bool | None = None,
+                      eos_after_trained: bool = True) -> tuple[list[int], list[int]]:
+    """Token ids and (unshifted) labels for alternating text segments `(text, trained)`.
+
+    Each segment is tokenized on its own (no special tokens) and the ids concatenated, so the ids of the untrained
+    prefix are exactly what tokenizing the prompt alone gives. EOS is appended after each trained segment.
+    """
+    if bos is None:
+        bos = adds_bos(tokenizer)
+    eos = tokenizer.eos_token_id
+    ids: list[int] = [tokenizer.bos_token_id] if bos else []
+    labels: list[int] = [IGNORE] * len(ids)
+    for text, trained in segments:
+        seg = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        if trained and eos_after_trained:
+            seg = seg + [eos]
+        ids.extend(seg)
+        labels.extend(seg if trained else [IGNORE] * len(seg))
+    return ids, labels
+
+
+def tokenize_prompt_completion(tokenizer, prompt: str, completion: str, *, bos: bool | None = None
+                               ) -> tuple[list[int], list[int]]:
+    """ids/labels for one prompt-completion pair; the prompt part equals `tokenizer(prompt)` exactly."""
+    return tokenize_segments(tokenizer, [(prompt, False), (completion, True)], bos=bos)
+
+
+def check_prefix(tokenizer, prompt: str, ids: Sequence[int], *, bos: bool | None = None) -> None:
+    """Raise if the ids of `prompt` tokenized alone (as at inference) are not a prefix of `ids`."""
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if bos if bos is not None else adds_bos(tokenizer):
+        p = [tokenizer.bos_token_id] + p
+    if list(ids[: len(p)]) != p:
+        raise FlanmixError("prompt tokens are not a prefix of the example's tokens", field="prompt")
+
+
+def chat_segments(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
+    """Split a rendered chat into (text, trained) segments: assistant turns trained, the rest not.
+
+    Uses the tokenizer's chat template: the text before assistant turn i is the rendering of messages[:i] with a
+    generation prompt; the turn itself is the difference to the rendering of messages[:i+1].
+    """
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise FlanmixError("tokenizer has no chat template; cannot train on 'messages' rows", field="messages")
+    segments: list[tuple[str, bool]] = []
+    done = ""
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise FlanmixError(f"message {i} must be an object with role and content", field="messages")
+        if m["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not before.startswith(done) or not upto.startswith(before):
+            raise FlanmixError("chat template rendering is not incremental; cannot locate assistant turns",
+                               field="messages")
+        segments.append((before[len(done):], False))
+        segments.append((upto[len(before):], True))
+        done = upto
+    return segments
+
+
+def row_to_ids(tokenizer, row: dict, fmt: str, *, bos: bool) -> tuple[list[int], list[int]]:
+    """ids/labels of one row of a given format (see `detect_format`)."""
+    if fmt == "inputs_targets":
+        return tokenize_prompt_completion(tokenizer, _text(row, "inputs"), _text(row, "targets"), bos=bos)
+    if fmt == "prompt_completion":
+        return tokenize_prompt_completion(tokenizer, _text(row, "prompt"), _text(row, "completion"), bos=bos)
+    messages = row.get("messages")
+    if not isinstance(messages, list):
+        raise FlanmixError("messages must be a list", field="messages")
+    segs = chat_segments(tokenizer, messages)
+    # The template decides about BOS (it writes it as text; we turn it into the id) and writes EOS after each turn
+    # (as text, which tokenizes to the EOS id), exactly as apply_chat_template(tokenize=True) does at inference.
+    bos_text = tokenizer.bos_token
+    template_bos = bool(segs and bos_text and segs[0][0].startswith(bos_text))
+    if template_bos:
+        segs[0] = (segs[0][0][len(bos_text):], segs[0][1])
+    return tokenize_segments(tokenizer, segs, bos=template_bos, eos_after_trained=False)
+
+
+def _text(row: dict, key: str) -> str:
+    v = row.get(key)
+    if not isinstance(v, str):
+        raise FlanmixError(f"must be a string, got {type(v).__name__}", field=key)
+    return v
+
+
+def tokenize_rows(
+    tokenizer,
+    rows: Sequence[dict],
+    *,
+    max_length: int,
+    truncation: Truncation = "truncate",
+    source: str | Path | None = None,
+) -> tuple[list[dict], TokenStats]:
+    """Tokenize every row into {"input_ids", "labels"} (unshifted, -100 = untrained).
+
+    Rows longer than `max_length` are cut at the end (`truncate`) or skipped (`drop`); both are counted. A row
+    with no trained token (empty completion, or everything cut away) is a FlanmixError naming the row.
+    """
+    if truncation not in ("truncate", "drop"):
+        raise FlanmixError(f"unknown truncation {truncation!r}", field="truncation", expected="truncate | drop")
+    stats = TokenStats()
+    if not rows:
+        raise FlanmixError("dataset is empty", file=source)
+    fmt = detect_format(rows[0].keys(), source=source)
+    bos = adds_bos(tokenizer)
+    out: list[dict] = []
+    for i, row in enumerate(rows):
+        stats.rows += 1
+        try:
+            ids, labels = row_to_ids(tokenizer, row, fmt, bos=bos)
+        except FlanmixError as err:
+            raise FlanmixError(f"row {i}: {err.message}", file=source, field=err.field, expected=err.expected) from err
+        stats.max_len_seen = max(stats.max_len_seen, len(ids))
+        if len(ids) > max_length:
+            if truncation == "drop":
+                stats.dropped += 1
+                continue
+            stats.truncated += 1
+            ids, labels = ids[:max_length], labels[:max_length]
+        n_trained = sum(1 for t in labels[1:] if t != IGNORE)  # label 0 has no preceding token to predict from
+        if n_trained == 0:
+            why = "prompt fills max_length" if len(ids) == max_length else "empty completion"
+            raise FlanmixError(f"row {i} has an empty loss mask ({why})", file=source,
+                               expected=f"a non-empty completion within max_length={max_length}")
+        stats.kept += 1
+        stats.tokens += len(ids)
+        stats.trained_tokens += n_trained
+        out.append({"input_ids": ids, "labels": labels})
+    if not out:
+        raise FlanmixError(f"all {stats.rows} rows were dropped as longer than max_length={max_length}",
+                           file=source, field="max_length")
+    return out, stats

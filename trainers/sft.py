@@ -1,0 +1,159 @@
+"""Supervised fine-tuning: next-token loss on completion tokens only, on the shared loop.
+
+    from trainers.sft import train
+    train({"model": "runs/tiny", "data": "out/demo", "output_dir": "runs/sft", "packing": True})
+
+Reads flanmix mixture output (a folder of *.parquet shards + manifest.json) or a Parquet/JSONL file with
+inputs/targets, prompt/completion or chat `messages` rows (see trainers.data). The loss of a step is the mean
+over all completion tokens of the global batch (sum of token losses / number of tokens), so packing, padding,
+gradient accumulation and the number of processes do not change it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from flanmix.errors import FlanmixError
+from trainers import loop
+from trainers.config import LoopSettings, load_config, validate
+from trainers.data import IGNORE, read_rows, tokenize_rows
+from trainers.models import load_model_and_tokenizer
+from trainers.packing import collate_packed, collate_padded, pack_greedy
+
+
+class SFTConfig(LoopSettings):
+    """`flanmix train sft --config sft.yaml`: the loop settings plus these."""
+
+    model: str                                   # local model folder (init-model output or any transformers folder)
+    tokenizer: Optional[str] = None              # default: the model folder
+    data: str                                    # mixture folder, .parquet or .jsonl
+    eval_data: Optional[str] = None
+    max_rows: Optional[int] = Field(None, ge=1)  # use only the first N rows (quick runs)
+    max_length: int = Field(512, ge=2)
+    truncation: Literal["truncate", "drop"] = "truncate"
+    packing: bool = False
+    packing_mask: Literal["position_ids", "4d"] = "position_ids"
+    attn_implementation: Optional[str] = None    # e.g. sdpa | eager | flash_attention_2
+    lr: float = Field(1e-3, gt=0)
+
+
+def token_loss(model, batch: dict, *, select: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy over positions with labels != -100 (labels already shifted) and the token count.
+
+    With select=True, logits are computed only at those positions (transformers' boolean `logits_to_keep`),
+    which skips the vocabulary projection for prompt and padding tokens.
+    """
+    labels = batch["labels"]
+    keep = labels != IGNORE
+    kwargs = {"input_ids": batch["input_ids"], "use_cache": False}
+    for k in ("attention_mask", "position_ids"):
+        if k in batch:
+            kwargs[k] = batch[k]
+    if select:
+        logits = model(**kwargs, logits_to_keep=keep).logits
+        targets = labels[keep]
+    else:
+        logits = model(**kwargs).logits
+        logits, targets = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+    n = keep.sum()
+    loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum") / n.clamp_min(1)
+    return loss, n
+
+
+class SFTStage(loop.Stage):
+    """Supervised fine-tuning stage (see the protocol in trainers.loop)."""
+
+    name = "sft"
+
+    def __init__(self, cfg: SFTConfig, *, model=None, tokenizer=None, verbose: bool = True):
+        self.cfg = cfg
+        if model is None:
+            model, tokenizer = load_model_and_tokenizer(cfg.model, tokenizer=cfg.tokenizer,
+                                                        attn_implementation=cfg.attn_implementation)
+        self.model, self.tokenizer = model, tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.select = "logits_to_keep" in inspect.signature(type(model).forward).parameters
+        self.train_examples, self.stats = self._load(cfg.data)
+        self.eval_examples = self._load(cfg.eval_data)[0] if cfg.eval_data else None
+        if cfg.packing:
+            self.items = self._pack(self.train_examples)
+            self.eval_items = self._pack(self.eval_examples) if self.eval_examples else None
+        else:
+            self.items, self.eval_items = self.train_examples, self.eval_examples
+        self._lengths = [self._len(it) for it in self.items]
+        if verbose and _is_main():
+            s = self.stats
+            packed = f", packed into {len(self.items)} rows" if cfg.packing else ""
+            print(f"[sft] {s.rows} rows: {s.kept} kept, {s.truncated} truncated, {s.dropped} dropped "
+                  f"(max_length {cfg.max_length}); {s.tokens} tokens, {s.trained_tokens} trained{packed}",
+                  flush=True)
+
+    def _load(self, path):
+        rows = read_rows(path)
+        if self.cfg.max_rows:
+            rows = rows[: self.cfg.max_rows]
+        return tokenize_rows(self.tokenizer, rows, max_length=self.cfg.max_length,
+                             truncation=self.cfg.truncation, source=path)
+
+    def _pack(self, examples):
+        rows = pack_greedy([len(e["input_ids"]) for e in examples], self.cfg.max_length)
+        return [[examples[i] for i in row] for row in rows]
+
+    def _len(self, item) -> int:
+        return sum(len(d["input_ids"]) for d in item) if self.cfg.packing else len(item["input_ids"])
+
+    # -- protocol
+    def train_dataset(self):
+        return self.items
+
+    def eval_dataset(self):
+        return self.eval_items
+
+    def lengths(self):
+        return self._lengths
+
+    def collate(self, items) -> dict:
+        if self.cfg.packing:
+            batch = collate_packed(items, self.pad_id, mask=self.cfg.packing_mask)
+            batch["num_tokens"] = sum(self._len(it) for it in items)
+        else:
+            batch = collate_padded(items, self.pad_id)
+        return batch
+
+    def count(self, batch) -> int:
+        return int((batch["labels"] != IGNORE).sum())
+
+    def loss(self, model, batch):
+        loss, _ = token_loss(model, batch, select=self.select)
+        return loss, {}
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def train(config: SFTConfig | dict | str | Path, **overrides: Any) -> loop.TrainResult:
+    """Run SFT from a config object, a dict, or a YAML path; keyword overrides win over the file."""
+    if isinstance(config, (str, Path)):
+        cfg = load_config(config, SFTConfig)
+        if overrides:
+            cfg = validate({**cfg.model_dump(exclude_unset=True), **overrides}, SFTConfig, source=config)
+    else:
+        data = config.model_dump(exclude_unset=True) if isinstance(config, SFTConfig) else dict(config)
+        cfg = validate({**data, **overrides}, SFTConfig)
+    stage = SFTStage(cfg)
+    out = Path(cfg.output_dir)
+    if _is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "sft_config.json").write_text(json.dumps(cfg.model_dump(), indent=1, default=str))
+        (out / "data_stats.json").write_text(json.dumps(stage.stats.as_dict(), indent=1))
+    return loop.train(stage, cfg.loop_config())
