@@ -33,7 +33,13 @@ Optional (defaults in `Stage`):
     stage.state_dict() -> dict / stage.load_state_dict(d)   # extra state saved in every checkpoint (PPO buffers,
                                                       # rollout counters); restored BEFORE batches(ctx) is called
     stage.save(ctx, out_dir: Path) -> None            # write the final model; default: save_pretrained of
-                                                      # stage.model (+ stage.tokenizer if the stage has one)
+                                                      # stage.model (+ stage.tokenizer if the stage has one).
+                                                      # Called on EVERY process (ZeRO-3 must gather weights
+                                                      # collectively): write files only if ctx.is_main; use
+                                                      # ctx.accelerator.get_state_dict(ctx.model) for weights
+    stage.lengths() -> Sequence[int]                  # row lengths; rows of similar length share micro-batches
+    stage.evaluate(ctx) -> dict                       # extra eval metrics (e.g. generation exact match), at each
+                                                      # eval point, called on every process
 
 `ctx` is a `LoopContext`: ctx.accelerator, ctx.model (the prepared/wrapped model), ctx.unwrapped (the plain module,
 use it for generate()), ctx.device, ctx.step (optimizer steps done), ctx.cfg (the LoopConfig), ctx.is_main,
