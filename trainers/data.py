@@ -183,14 +183,19 @@ def chat_segments(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
 
 def row_to_ids(tokenizer, row: dict, fmt: str, *, bos: bool) -> tuple[list[int], list[int]]:
     """ids/labels of one row of a given format (see `detect_format`)."""
-    if fmt == "inputs_targets":
-        return tokenize_prompt_completion(tokenizer, _text(row, "inputs"), _text(row, "targets"), bos=bos)
-    if fmt == "prompt_completion":
-        return tokenize_prompt_completion(tokenizer, _text(row, "prompt"), _text(row, "completion"), bos=bos)
+    if fmt in ("inputs_targets", "prompt_completion"):
+        pk, ck = ("inputs", "targets") if fmt == "inputs_targets" else ("prompt", "completion")
+        completion = _text(row, ck)
+        if not completion:
+            # Only EOS would be trained: almost always a data bug, so it is an error rather than a silent row.
+            raise FlanmixError("empty loss mask (empty completion)", field=ck)
+        return tokenize_prompt_completion(tokenizer, _text(row, pk), completion, bos=bos)
     messages = row.get("messages")
     if not isinstance(messages, list):
         raise FlanmixError("messages must be a list", field="messages")
     segs = chat_segments(tokenizer, messages)
+    if not any(trained for _, trained in segs):
+        raise FlanmixError("empty loss mask (no assistant turn)", field="messages")
     # The template decides about BOS (it writes it as text; we turn it into the id) and writes EOS after each turn
     # (as text, which tokenizes to the EOS id), exactly as apply_chat_template(tokenize=True) does at inference.
     bos_text = tokenizer.bos_token
