@@ -438,7 +438,7 @@ def train(stage, cfg: LoopConfig) -> TrainResult:
                 metrics_file.write(json.dumps({"step": bad, "event": "nonfinite_loss"}) + "\n")
                 metrics_file.flush()
             raise FlanmixError(f"[{stage.name}] loss became NaN/inf at step {bad}; training stopped{where} "
-                               f"(try a lower lr, max_grad_norm, or fp32)", field="lr")
+                               f"(try a lower lr, max_grad_norm, or fp32)")
 
     def save_checkpoint() -> Path:
         nonlocal last_ckpt
@@ -521,7 +521,7 @@ def train(stage, cfg: LoopConfig) -> TrainResult:
                     optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(step_loss),
-                               torch.tensor(step, device=device), bad_step)
+                               torch.tensor(step + 1, device=device), bad_step)
         win_loss += step_loss
         win_steps += 1
         step += 1

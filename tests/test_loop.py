@@ -1,0 +1,156 @@
+"""The shared training loop: schedule, accumulation, exact resume, NaN stop, stage-made batches."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from flanmix.errors import FlanmixError
+from trainers.loop import LoopConfig, Stage, checkpoints, lr_lambda, train
+
+
+class ToyStage(Stage):
+    """Linear regression on fixed random data; loss is a mean over rows, count = rows."""
+
+    name = "toy"
+
+    def __init__(self, n=64, nan_at_step=None, dropout=0.0):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 8, generator=g)
+        self.y = self.x @ torch.randn(8, 1, generator=g) + 0.1 * torch.randn(n, 1, generator=g)
+        torch.manual_seed(1)
+        self.model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(dropout), torch.nn.Linear(16, 1))
+        self.nan_at_step = nan_at_step
+        self.calls = 0
+
+    def train_dataset(self):
+        return list(range(len(self.x)))
+
+    def collate(self, idx):
+        return {"x": self.x[idx], "y": self.y[idx]}
+
+    def loss(self, model, batch):
+        self.calls += 1
+        loss = ((model(batch["x"]) - batch["y"]) ** 2).mean()
+        if self.nan_at_step is not None and self.ctx_step() >= self.nan_at_step:
+            loss = loss * float("nan")
+        return loss, {"mse": loss.detach()}
+
+    def setup(self, ctx):
+        self.ctx = ctx
+
+    def ctx_step(self):
+        return self.ctx.step
+
+    def save(self, ctx, out_dir):
+        if ctx.is_main:
+            torch.save(ctx.accelerator.unwrap_model(ctx.model).state_dict(), out_dir / "toy.pt")
+
+
+def _cfg(tmp_path, name, **kw):
+    base = dict(output_dir=str(tmp_path / name), batch_size=4, grad_accum=2, max_steps=8, lr=0.05, log_every=1,
+                progress=False, tensorboard=False, warmup_steps=2, seed=3)
+    base.update(kw)
+    return LoopConfig(**base)
+
+
+def _losses(result):
+    return [h["loss"] for h in result.history if "loss" in h]
+
+
+def test_lr_schedules():
+    f = lr_lambda("cosine", warmup=2, total=10, min_ratio=0.1)
+    assert f(0) == 0.5 and f(1) == 1.0 and f(2) == 1.0 and abs(f(10) - 0.1) < 1e-9
+    g = lr_lambda("linear", warmup=0, total=10, min_ratio=0.0)
+    assert g(5) == 0.5
+    assert lr_lambda("constant", 0, 10, 0.0)(7) == 1.0
+    with pytest.raises(FlanmixError):
+        lr_lambda("step", 0, 10, 0.0)
+
+
+def test_loss_decreases_and_outputs_written(tmp_path):
+    res = train(ToyStage(), _cfg(tmp_path, "a", tensorboard=True, max_steps=12))
+    losses = _losses(res)
+    assert len(losses) == 12 and losses[-1] < losses[0]
+    out = tmp_path / "a"
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["step"] == 1 and {"loss", "lr", "tokens_per_s", "mse", "grad_norm"} <= set(lines[0])
+    assert list((out / "tb").iterdir())
+    assert (out / "final" / "toy.pt").exists()
+    assert [p.name for p in checkpoints(out)] == ["step-12"]
+
+
+def test_grad_accumulation_matches_bigger_batch(tmp_path):
+    a = _losses(train(ToyStage(), _cfg(tmp_path, "a", batch_size=8, grad_accum=1)))
+    b = _losses(train(ToyStage(), _cfg(tmp_path, "b", batch_size=2, grad_accum=4)))
+    assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    full = train(ToyStage(dropout=0.2), _cfg(tmp_path, "full", save_every=3, keep_checkpoints=5))
+    ref = _losses(full)
+    assert [p.name for p in checkpoints(tmp_path / "full")] == ["step-3", "step-6", "step-8"]
+    # a "crashed" run: only the step-3 checkpoint exists; resume="auto" picks it up
+    crashed = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step-3", crashed / "checkpoints" / "step-3")
+    resumed = train(ToyStage(dropout=0.2), _cfg(tmp_path, "crashed", save_every=3))
+    assert _losses(resumed) == ref[3:]  # exact, dropout RNG and data order included
+    a = torch.load(tmp_path / "full" / "final" / "toy.pt")
+    b = torch.load(crashed / "final" / "toy.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    with pytest.raises(FlanmixError, match=r"NaN/inf at step 5.*last good checkpoint: .*step-4"):
+        train(ToyStage(nan_at_step=4), _cfg(tmp_path, "nan", save_every=2, log_every=3, keep_checkpoints=5))
+    out = tmp_path / "nan"
+    assert [p.name for p in checkpoints(out)] == ["step-2", "step-4"]
+    assert not list((out / "checkpoints").glob("*.tmp"))
+    from safetensors.torch import load_file
+
+    weights = load_file(str(out / "checkpoints" / "step-4" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+class StreamStage(Stage):
+    """PPO-shaped: makes its own micro-batches from internal state that is checkpointed."""
+
+    name = "stream"
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.model = torch.nn.Linear(4, 1)
+        self.made = 0
+
+    def batches(self, ctx):
+        while True:
+            g = torch.Generator().manual_seed(self.made)
+            self.made += 1
+            x = torch.randn(6, 4, generator=g)
+            with torch.no_grad():  # a "rollout" with the current policy
+                y = ctx.unwrapped(x) + 1.0
+            yield {"x": x, "y": y}
+
+    def loss(self, model, batch):
+        return ((model(batch["x"]) - batch["y"]) ** 2).mean(), {}
+
+    def state_dict(self):
+        return {"made": self.made}
+
+    def load_state_dict(self, state):
+        self.made = state["made"]
+
+    def save(self, ctx, out_dir):
+        pass
+
+
+def test_stage_made_batches_resume(tmp_path):
+    ref = _losses(train(StreamStage(), _cfg(tmp_path, "s", save_every=2, keep_checkpoints=5, max_steps=6,
+                                            grad_accum=1)))
+    crashed = tmp_path / "s2"
+    shutil.copytree(tmp_path / "s" / "checkpoints" / "step-4", crashed / "checkpoints" / "step-4")
+    again = _losses(train(StreamStage(), _cfg(tmp_path, "s2", save_every=2, max_steps=6, grad_accum=1)))
+    assert again == ref[4:]
