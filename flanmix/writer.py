@@ -1,0 +1,246 @@
+"""Writing mixture shards and manifests: one shard file per plan chunk, per-shard statistics, content hashes and
+atomic finalization (build into `DIR.tmp-<pid>` beside DIR, then rename).
+
+A shard's bytes depend only on its rows, so a shard written by a worker, rewritten after cross-shard dedup or
+rewritten by `flanmix merge` is byte-identical whenever the rows are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from flanmix.errors import FlanmixError
+
+COLUMNS = ("inputs", "targets", "task_name", "task_source", "template_type", "template_idx", "example_id", "cot")
+MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+SCHEMA = pa.schema([("inputs", pa.string()), ("targets", pa.string()), ("task_name", pa.string()),
+                    ("task_source", pa.string()), ("template_type", pa.string()), ("template_idx", pa.int32()),
+                    ("example_id", pa.string()), ("cot", pa.bool_())])
+FORMATS = ("parquet", "jsonl")
+# Length histograms use fixed bins so per-shard statistics add up exactly across shards and parts.
+LENGTH_BIN = 16
+LENGTH_BINS = 1024  # last bin collects everything >= 16 * 1023 characters/tokens
+
+
+def shard_name(index: int, fmt: str) -> str:
+    """File name of shard `index` (global plan chunk index, so parts merge without renaming)."""
+    return f"train-{index:05d}.{fmt}"
+
+
+def make_table(columns: dict[str, list], messages: bool) -> pa.Table:
+    """An Arrow table with the mixture columns (and the chat `messages` column when asked)."""
+    arrays = [pa.array(columns[name], type=SCHEMA.field(name).type) for name in COLUMNS]
+    table = pa.Table.from_arrays(arrays, schema=SCHEMA)
+    if messages:
+        msgs = [[{"role": "user", "content": i}, {"role": "assistant", "content": t}]
+                for i, t in zip(columns["inputs"], columns["targets"])]
+        table = table.append_column(pa.field("messages", MESSAGE_TYPE), pa.array(msgs, type=MESSAGE_TYPE))
+    return table
+
+
+def write_shard(table: pa.Table, path: Path, fmt: str) -> None:
+    """Write one shard (one Parquet row group, or JSON lines) deterministically."""
+    if fmt == "parquet":
+        pq.write_table(table, path, row_group_size=max(1, table.num_rows), compression="zstd",
+                       write_statistics=True)
+    elif fmt == "jsonl":
+        with open(path, "w", encoding="utf-8") as handle:
+            for row in table.to_pylist():
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    else:
+        raise FlanmixError(f"unknown output format {fmt!r}", field="--format", expected=" | ".join(FORMATS))
+
+
+def read_shard(path: Path, fmt: str, messages: bool) -> pa.Table:
+    """Read a shard written by `write_shard` back into a table with the same schema."""
+    if fmt == "parquet":
+        return pq.read_table(path)
+    with open(path, encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    columns = {name: [row[name] for row in rows] for name in COLUMNS}
+    return make_table(columns, messages)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+def _histogram(lengths: np.ndarray) -> np.ndarray:
+    bins = np.minimum(lengths // LENGTH_BIN, LENGTH_BINS - 1)
+    return np.bincount(bins, minlength=LENGTH_BINS).astype(np.int64)
+
+
+def _lengths_of(column: pa.ChunkedArray) -> np.ndarray:
+    return pc.utf8_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def load_tokenizer(path: str | Path):
+    """A fast tokenizer from a folder (transformers layout) or a tokenizer.json; imported lazily."""
+    path = Path(path)
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FlanmixError("tokenizer not found", file=path, field="tokenizer",
+                           expected="a folder with tokenizer.json or a tokenizer.json file")
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise FlanmixError("counting tokens needs the `tokenizers` package", field="tokenizer",
+                           expected="pip install tokenizers") from None
+    return Tokenizer.from_file(str(file))
+
+
+def token_lengths(tokenizer, texts: list[str]) -> np.ndarray:
+    """Token counts (no special tokens) of many texts."""
+    encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
+    return np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
+
+
+@dataclass
+class ShardStats:
+    """Additive statistics of one shard: row counts per (task, template type, cot) and length histograms."""
+
+    rows: int = 0
+    counts: dict[tuple[str, str, bool], int] = field(default_factory=dict)
+    lengths: dict[str, list] = field(default_factory=dict)  # name -> [sum, min, max, histogram]
+
+    @classmethod
+    def of_table(cls, table: pa.Table, tokenizer=None) -> "ShardStats":
+        stats = cls(rows=table.num_rows)
+        if table.num_rows == 0:
+            return stats
+        grouped = table.group_by(["task_name", "template_type", "cot"]).aggregate([([], "count_all")])
+        for task, ttype, cot, count in zip(*(grouped.column(i).to_pylist() for i in range(4))):
+            stats.counts[(task, ttype, bool(cot))] = int(count)
+        measured = {"inputs_chars": _lengths_of(table["inputs"]), "targets_chars": _lengths_of(table["targets"])}
+        if tokenizer is not None:
+            measured["inputs_tokens"] = token_lengths(tokenizer, table["inputs"].to_pylist())
+            measured["targets_tokens"] = token_lengths(tokenizer, table["targets"].to_pylist())
+        for name, values in measured.items():
+            stats.lengths[name] = [int(values.sum()), int(values.min()), int(values.max()), _histogram(values)]
+        return stats
+
+    def add(self, other: "ShardStats") -> None:
+        self.rows += other.rows
+        for key, count in other.counts.items():
+            self.counts[key] = self.counts.get(key, 0) + count
+        for name, (total, low, high, hist) in other.lengths.items():
+            if name in self.lengths:
+                mine = self.lengths[name]
+                self.lengths[name] = [mine[0] + total, min(mine[1], low), max(mine[2], high), mine[3] + hist]
+            else:
+                self.lengths[name] = [total, low, high, hist.copy()]
+
+    def to_json(self) -> dict:
+        return {"rows": self.rows,
+                "counts": [[t, tt, c, n] for (t, tt, c), n in sorted(self.counts.items())],
+                "lengths": {name: {"sum": v[0], "min": v[1], "max": v[2], "hist": _sparse(v[3])}
+                            for name, v in sorted(self.lengths.items())}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ShardStats":
+        stats = cls(rows=data["rows"])
+        stats.counts = {(t, tt, bool(c)): n for t, tt, c, n in data["counts"]}
+        for name, v in data["lengths"].items():
+            stats.lengths[name] = [v["sum"], v["min"], v["max"], _dense(v["hist"])]
+        return stats
+
+
+def _sparse(hist: np.ndarray) -> list[list[int]]:
+    nz = np.nonzero(hist)[0]
+    return [[int(i), int(hist[i])] for i in nz]
+
+
+def _dense(pairs: list[list[int]]) -> np.ndarray:
+    hist = np.zeros(LENGTH_BINS, dtype=np.int64)
+    for i, n in pairs:
+        hist[i] = n
+    return hist
+
+
+def length_summary(stats: ShardStats) -> dict[str, dict]:
+    """mean/min/max and histogram quantiles (p50/p90/p99, to a 16-unit bin) of each measured length."""
+    out = {}
+    for name, (total, low, high, hist) in sorted(stats.lengths.items()):
+        count = int(hist.sum())
+        cum = np.cumsum(hist)
+
+        def quantile(q: float) -> int:
+            idx = int(np.searchsorted(cum, q * count))
+            return min(high, (idx + 1) * LENGTH_BIN - 1)
+
+        out[name] = {"total": total, "mean": round(total / count, 2) if count else 0.0, "min": low, "max": high,
+                     "p50": quantile(0.5), "p90": quantile(0.9), "p99": quantile(0.99)}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- finalize
+
+def temp_dir_for(out_dir: Path) -> Path:
+    """The temporary build folder beside `out_dir`."""
+    return out_dir.parent / f"{out_dir.name}.tmp-{os.getpid()}"
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
+    """Refuse an existing DIR unless overwriting; create and return the temp folder beside it."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FlanmixError("output folder already exists", file=out_dir, field="--out",
+                           expected="a new folder, or --overwrite")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FlanmixError("output path is a file", file=out_dir, field="--out", expected="a folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir_for(out_dir)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def finalize(tmp: Path, out_dir: Path, manifest: dict) -> None:
+    """Write manifest.json into the temp folder and move it into place (replacing DIR if it exists)."""
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    if out_dir.exists():
+        old = out_dir.parent / f"{out_dir.name}.old-{os.getpid()}"
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+
+
+def read_manifest(directory: Path | str) -> dict:
+    """Load `DIR/manifest.json` of a built mixture."""
+    path = Path(directory) / "manifest.json"
+    if not path.is_file():
+        raise FlanmixError("not a built mixture (no manifest.json)", file=directory,
+                           expected="a folder written by `flanmix build`")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise FlanmixError(f"invalid manifest: {err.msg}", file=path, line=err.lineno) from None
+
+
+def total_stats(shards: Iterable[dict]) -> ShardStats:
+    """Sum the per-shard statistics recorded in a manifest."""
+    total = ShardStats()
+    for shard in shards:
+        total.add(ShardStats.from_json(shard["stats"]))
+    return total
