@@ -66,10 +66,17 @@ def load_causal_lm(path: str | Path, *, dtype: Any = None, attn_implementation: 
     kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype or torch.float32}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise for tiny models and CLIs
     try:
         model = AutoModelForCausalLM.from_pretrained(p, **kwargs)
     except Exception as err:
         raise FlanmixError(f"cannot load model: {_one_line(err)}", file=p, field="model") from err
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return model
 
 
@@ -77,8 +84,9 @@ def load_model_and_tokenizer(path: str | Path, *, tokenizer: str | Path | None =
                              attn_implementation: str | None = None):
     """(model, tokenizer) from a local folder; the tokenizer may live in another folder. Checks that the
     tokenizer's ids fit the model's embedding table."""
-    model = load_causal_lm(path, dtype=dtype, attn_implementation=attn_implementation)
+    check_model_dir(path)
     tok = load_tokenizer(tokenizer or path)
+    model = load_causal_lm(path, dtype=dtype, attn_implementation=attn_implementation)
     emb = model.get_input_embeddings()
     if emb is not None and len(tok) > emb.num_embeddings:
         raise FlanmixError(f"tokenizer has {len(tok)} tokens but the model embeds only {emb.num_embeddings}",
