@@ -40,6 +40,9 @@ _TAG_END = {"{{": "}}", "{%": "%}", "{#": "#}"}
 _SET_STMT = re.compile(r"\{%-?\s*set\s+(?P<names>[A-Za-z_][\w\s,]*?)\s*=.*?-?%\}", re.S)
 _SET_BLOCK = re.compile(r"\{%-?\s*set\s+(?P<names>[A-Za-z_]\w*)\s*-?%\}.*?\{%-?\s*endset\s*-?%\}", re.S)
 _CHOICE_FILTER = re.compile(r"\|\s*choice\b")
+# `{% for a, b in zip(x, y) %}`: promptsource's Jinja has a `zip` global, flanmix's sandbox may not.
+_ZIP_FOR = re.compile(r"\{%(?P<l>-?)\s*for\s+(?P<a>\w+)\s*,\s*(?P<b>\w+)\s+in\s+zip\(\s*(?P<x>[^,()]+?)\s*,"
+                      r"\s*(?P<y>[^,()]+?)\s*\)\s*(?P<r>-?)%\}")
 OPTIONS_SUFFIX = "{% if options_ %}\n\n{{ options_ }}{% endif %}"
 
 
@@ -97,6 +100,19 @@ def parts_share_random_draws() -> bool:
     return row["inputs"] == row["targets"]
 
 
+def rewrite_zip(jinja: str) -> str:
+    """Rewrite `for a, b in zip(x, y)` loops without `zip` when flanmix's Jinja environment has no `zip` global.
+
+    `{% for a, b in zip(x, y) %}` becomes a loop over `range(min(len(x), len(y)))` that sets `a` and `b`: the same
+    pairs, truncated to the shorter list as `zip` does, and the same `loop` variables.
+    """
+    if "zip" in ENV.globals:
+        return jinja
+    return _ZIP_FOR.sub(lambda m: (f"{{%{m['l']} for ps_i in range([({m['x']}) | length, ({m['y']}) | length] | min) "
+                                   f"{m['r']}%}}{{% set {m['a']} = ({m['x']})[ps_i] %}}"
+                                   f"{{% set {m['b']} = ({m['y']})[ps_i] %}}"), jinja)
+
+
 def convert_template(template: dict, *, file: str | Path | None = None, line: int | None = None,
                      notes: list[str] | None = None) -> tuple[TemplateSpec, bool] | None:
     """One promptsource template -> (our template, original_task). None when it is skipped (with a note)."""
@@ -105,6 +121,7 @@ def convert_template(template: dict, *, file: str | Path | None = None, line: in
     jinja = template.get("jinja")
     if not isinstance(jinja, str) or not jinja.strip():
         raise FlanmixError("template has no jinja text", expected="a 'jinja' string with '|||'", **where)
+    jinja = rewrite_zip(jinja)
     choices = template.get("answer_choices")
     if choices is not None and not isinstance(choices, str):
         raise FlanmixError("answer_choices must be a string", expected="Jinja, '|||'-separated", **where)
@@ -129,7 +146,9 @@ def convert_template(template: dict, *, file: str | Path | None = None, line: in
     elif len(parts) >= 2:
         # `|||` inside a Jinja block: render in full, then split, as promptsource does.
         left = "{% set ps_full %}" + jinja + "{% endset %}{{ ps_full.split('|||')[0] }}"
-        target = "{% set ps_full %}" + jinja + "{% endset %}{{ ps_full.split('|||')[1] }}"
+        # No '|||' in the render (e.g. `{% if label == 1 %}...|||...{% endif %}` on a label-0 row): promptsource
+        # skips the row; here the target is empty, as for unlabelled rows.
+        target = "{% set ps_full %}" + jinja + "{% endset %}{{ (ps_full.split('|||') + [''])[1] }}"
         random_shared = bool(_CHOICE_FILTER.search(jinja))
     else:
         raise FlanmixError("template has no '|||' between input and target", expected="input ||| target", **where)
