@@ -90,8 +90,8 @@ def _share(row: dict) -> str:
 
 
 def _age(row: dict) -> str:
-    m = re.search(r"is (\d+) years old\. \w+ \w+ is (\d+) years (older|younger)\. How old "
-                  r"(?:will the \w+ be in (\d+) years|was the \w+ (\d+) years ago)\?$", row["question"])
+    m = re.search(r"is (\d+) years old\. \w+ \w+ is (\d+) years? (older|younger)\. How old "
+                  r"(?:will the \w+ be in (\d+) years?|was the \w+ (\d+) years? ago)\?$", row["question"])
     a, d = int(m.group(1)), int(m.group(2))
     now = a + d if m.group(3) == "older" else a - d
     result = now + int(m.group(4)) if m.group(4) else now - int(m.group(5))

@@ -116,10 +116,11 @@ def age(rng: random.Random) -> dict:
     now = a + d if older else a - d
     future = now <= y or rng.random() < 0.5
     then = now + y if future else now - y
-    question = (f"{name} is {a} years old. {poss.capitalize()} {relative} is {d} years "
+    years = _plural("year", y)
+    question = (f"{name} is {a} years old. {poss.capitalize()} {relative} is {d} {_plural('year', d)} "
                 f"{'older' if older else 'younger'}. How old " +
-                (f"will the {relative} be in {y} years?" if future else f"was the {relative} {y} years ago?"))
+                (f"will the {relative} be in {y} {years}?" if future else f"was the {relative} {y} {years} ago?"))
     step1 = f"The {relative} is {a} {'+' if older else '-'} {d} = {now} now."
-    step2 = (f"In {y} years: {now} + {y} = {then}." if future else f"{y} years ago: {now} - {y} = {then}.")
+    step2 = f"In {y} {years}: {now} + {y} = {then}." if future else f"{y} {years} ago: {now} - {y} = {then}."
     return {"a": a, "d": d, "y": y, "older": older, "future": future, "question": question,
             "answer": str(then), "rationale": f"{step1} {step2}"}
