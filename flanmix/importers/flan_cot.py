@@ -14,16 +14,19 @@ from flanmix.importers._common import Imported, check_name, discover_files, file
 from flanmix.sources import read_flan_cot_tsv
 from flanmix.spec import FewShotFormat, SourceSpec, TaskSpec, TemplateSet, TemplateSpec
 
+# The final-answer sentence ends with a full stop unless the answer already ends with punctuation.
+ANSWER = "{{ answer }}{% if answer[-1:] not in '.!?' %}.{% endif %}"
+
 COT = [
     TemplateSpec(name="step_by_step", input="{{ question }}\nLet's think step by step.",
-                 target="{{ rationale }} So the answer is {{ answer }}."),
+                 target="{{ rationale }} So the answer is " + ANSWER),
     TemplateSpec(name="reasoning_then_answer", input="Question: {{ question }}\nAnswer with step-by-step reasoning:",
-                 target="{{ rationale }}\nThe final answer: {{ answer }}."),
+                 target="{{ rationale }}\nThe final answer: " + ANSWER),
     TemplateSpec(name="think_carefully", input="{{ question }}\nThink carefully first, then make a decision:",
-                 target="{{ rationale }} So, the answer is {{ answer }}."),
+                 target="{{ rationale }} So, the answer is " + ANSWER),
     TemplateSpec(name="explain_first", input="Answer the following question, explaining your reasoning first.\n"
                                              "{{ question }}",
-                 target="Reasoning: {{ rationale }}\nAnswer: {{ answer }}."),
+                 target="Reasoning: {{ rationale }}\nAnswer: " + ANSWER),
 ]
 ZERO_SHOT = [
     TemplateSpec(name="question", input="{{ question }}", target="{{ answer }}"),
