@@ -603,12 +603,22 @@ def _input_hashes(resolved: Resolved, extra_files: list[Path]) -> dict[str, dict
             "data_files": dict(sorted(data.items()))}
 
 
+def effective_template_types(leaf: Leaf) -> tuple[float, ...]:
+    """A leaf's template-type shares after the fallbacks (no options: opt -> noopt; < 2 rows: fs -> zs)."""
+    zs_opt, zs_noopt, fs_opt, fs_noopt = leaf.settings.template_types
+    if not leaf.task.has_options:
+        zs_opt, zs_noopt, fs_opt, fs_noopt = 0.0, zs_opt + zs_noopt, 0.0, fs_opt + fs_noopt
+    if len(leaf.task.examples("train")) < 2:
+        zs_opt, zs_noopt, fs_opt, fs_noopt = zs_opt + fs_opt, zs_noopt + fs_noopt, 0.0, 0.0
+    return zs_opt, zs_noopt, fs_opt, fs_noopt
+
+
 def _targets(resolved: Resolved, plan: Plan) -> dict[tuple[str, str], dict]:
     """Target rate and planned count per (task, template type)."""
     out: dict[tuple[str, str], dict] = {}
     total = float(sum(leaf.rate for leaf in resolved.leaves))
     for leaf in resolved.leaves:
-        for k, share in zip(TEMPLATE_TYPES, leaf.settings.template_types):
+        for k, share in zip(TEMPLATE_TYPES, effective_template_types(leaf)):
             entry = out.setdefault((leaf.task.name, k), {"target_rate": 0.0, "planned": 0, "planned_cot": 0})
             entry["target_rate"] += leaf.rate / total * share
     if len(plan):

@@ -180,11 +180,15 @@ def iter_source(source: SourceSpec, *, task_name: str, base_dir: Path, file: str
         yield f"{label}:{index}", row
 
 
+# The same encoding as json.dumps(row, sort_keys=True, default=str), without building an encoder per row.
+_ROW_ENCODER = json.JSONEncoder(sort_keys=True, default=str)
+
+
 def is_validation(row: dict, fraction: float) -> bool:
     """Content-based split: identical rows always land on the same side, so held-out rows never leak."""
     if fraction <= 0:
         return False
-    digest = hashlib.blake2b(json.dumps(row, sort_keys=True, default=str).encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(_ROW_ENCODER.encode(row).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64 < fraction
 
 

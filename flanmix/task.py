@@ -42,6 +42,22 @@ class _CompiledTemplate:
     options: Compiled | None
 
 
+class _LazyRandom:
+    """A `random.Random` seeded by `stable_seed(*parts)`, created on first use: most zero-shot renders draw
+    nothing, and hashing the seed parts is a large share of their cost. The draws are those of the seeded RNG."""
+
+    __slots__ = ("_parts", "_rng")
+
+    def __init__(self, parts: tuple) -> None:
+        self._parts = parts
+        self._rng: random.Random | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._rng is None:
+            self._rng = random.Random(stable_seed(*self._parts))
+        return getattr(self._rng, name)
+
+
 @dataclass(frozen=True)
 class Rendered:
     """A rendered input/target pair and, for evaluation, the options shown and the expected answer."""
@@ -218,7 +234,7 @@ class Task:
         if not 0 <= template_idx < len(items):
             raise FlanmixError(f"template index {template_idx} out of range for task {self.name!r}",
                                field="template_idx", expected=f"0..{len(items) - 1}")
-        rng = random.Random(stable_seed(seed, self.name, example.example_id, template_type, template_idx, cot))
+        rng = _LazyRandom((seed, self.name, example.example_id, template_type, template_idx, cot))
         with_options = template_type in ("zs_opt", "fs_opt")
         style = random_options_style(rng) if (randomize_options and with_options) else DEFAULT_OPTIONS_STYLE
         tmpl = items[template_idx]

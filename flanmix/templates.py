@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import jinja2
+import jinja2.nodes
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 from flanmix.errors import FlanmixError
@@ -88,7 +89,59 @@ def compile_template(source: str, *, field: str, file: str | None = None, line: 
     except jinja2.TemplateSyntaxError as err:
         raise FlanmixError(f"Jinja syntax error: {err.message} (template line {err.lineno})", file=file,
                            line=line, field=field, expected="a valid Jinja template") from None
-    return Compiled(source, f"{file}:{line}", template.render, field, file, line)
+    return Compiled(source, f"{file}:{line}", _fast_render(template, source) or _direct_render(template), field,
+                    file, line)
+
+
+def _direct_render(template: jinja2.Template) -> Callable[[dict[str, Any]], str]:
+    """`template.render` without its per-call costs (copying the ChainMap of globals, re-deriving their keys);
+    the context and output are the same as `Template.render`'s."""
+    env = template.environment
+    global_vars = dict(template.globals)
+    blocks, name, root = template.blocks, template.name, template.root_render_func
+
+    def render(context: dict[str, Any]) -> str:
+        ctx = env.context_class(env, {**global_vars, **context}, name, blocks, globals=global_vars)
+        try:
+            return env.concat(root(ctx))
+        except Exception:
+            env.handle_exception()
+
+    return render
+
+
+def _fast_render(template: jinja2.Template, source: str) -> Callable[[dict[str, Any]], str] | None:
+    """For the most common templates — literal text and bare `{{ name }}` substitutions — render by joining
+    strings directly. Same output as Jinja (`str(value)`, StrictUndefined's error); None for anything else."""
+    body = ENV.parse(source).body
+    parts: list[tuple[bool, str]] = []  # (is_name, text-or-name)
+    for node in body:
+        if not isinstance(node, jinja2.nodes.Output):
+            return None
+        for child in node.nodes:
+            if isinstance(child, jinja2.nodes.TemplateData):
+                parts.append((False, child.data))
+            elif isinstance(child, jinja2.nodes.Name) and child.ctx == "load":
+                parts.append((True, child.name))
+            else:
+                return None
+    global_vars = dict(template.globals)
+    pieces = tuple(parts)
+
+    def render(context: dict[str, Any]) -> str:
+        out = []
+        for is_name, text in pieces:
+            if not is_name:
+                out.append(text)
+            elif text in context:
+                out.append(str(context[text]))
+            elif text in global_vars:
+                out.append(str(global_vars[text]))
+            else:
+                raise jinja2.UndefinedError(f"'{text}' is undefined")
+        return "".join(out)
+
+    return render
 
 
 def compile_value(source: str, *, field: str, file: str | None = None, line: int | None = None) -> Compiled:

@@ -1,0 +1,53 @@
+"""Shared helpers for the mixture tests: a small generated task registry (no bundled tasks needed)."""
+
+from __future__ import annotations
+
+import random
+import textwrap
+from pathlib import Path
+
+from flanmix.registry import Registry
+from flanmix.sources import register_generator
+
+
+def _pair(rng: random.Random) -> dict:
+    return {"a": rng.randint(0, 10**6), "b": rng.randint(0, 10**6)}
+
+
+register_generator("mixtest.pair", _pair)
+
+
+def write_task(root: Path, name: str, cluster: str, examples: int, *, options: bool = True, cot: bool = True,
+               generator: str = "mixtest.pair", extra: str = "") -> Path:
+    """Write one task spec with inline templates (3 zero-shot incl. 1 inverted, 1 CoT when `cot`)."""
+    cot_block = (f'  cot:\n    - {{input: "{name} think: {{{{ question }}}}", '
+                 f'target: "{{{{ rationale }}}} so {{{{ answer }}}}"}}\n') if cot else ""
+    text = textwrap.dedent(f"""\
+        name: {name}
+        cluster: {cluster}
+        source: {{builtin: {generator}, examples: {examples}}}
+        fields:
+          question: "{{{{ a }}}} + {{{{ b }}}}"
+          answer: "{{{{ a + b }}}}"
+          rationale: "{{{{ a }}}} plus {{{{ b }}}} is {{{{ a + b }}}}."
+          choices: "{{{{ [a + b, a + b + 1, a - b] }}}}"
+        {"options_field: choices" if options else ""}
+        rationale_field: rationale
+        {extra}
+        templates:
+          zero_shot:
+            - {{input: "{name}: what is {{{{ question }}}}?\\n{{{{ options_ }}}}", target: "{{{{ answer }}}}"}}
+            - {{input: "{name}: compute {{{{ question }}}}.", target: "{{{{ answer }}}}"}}
+            - {{input: "{name}: give two numbers adding to {{{{ answer }}}}", target: "{{{{ question }}}}", inverted: true}}
+        """) + cot_block
+    path = root / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def make_registry(root: Path, n: int = 6, base: int = 100) -> Registry:
+    """`n` tasks t0..t{n-1} (t_i has base*(i+1) rows) in clusters alpha/beta; t0 has no options, t1 no CoT."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        write_task(root, f"t{i}", ["alpha", "beta"][i % 2], base * (i + 1), options=i != 0, cot=i != 1)
+    return Registry.discover([root], bundled=False, env=False, python=False)
