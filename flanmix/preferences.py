@@ -172,40 +172,35 @@ def preference_rows(examples: Iterable[tuple[str, str]], *, kind: str = "pairs",
 
 
 def task_examples(tasks: Sequence[str], *, n: int = 200, split: str = "train", seed: int = 0,
-                  variant: str = "zs_noopt") -> list[tuple[str, str]]:
-    """(inputs, targets) of rendered examples of registered tasks (through the flanmix data side)."""
-    try:
-        from flanmix import registry as reg
-    except ImportError as err:  # the data side is not there (yet)
-        raise FlanmixError(f"the task registry is unavailable: {err}") from None
-    render_examples = getattr(reg, "render_examples", None)
-    if render_examples is None:
-        try:
-            from flanmix.render import render_examples  # type: ignore
-        except ImportError:
-            raise FlanmixError("flanmix has no render_examples(task, n=, split=, seed=, variant=) to render tasks",
-                               expected="flanmix.render.render_examples") from None
-    registry = reg.load_registry()
-    names: list[str] = []
-    for t in tasks:
-        names.extend(_resolve_tasks(registry, t))
-    if not names:
-        raise FlanmixError(f"no task matches {', '.join(tasks)}", field="tasks")
+                  template_type: str = "zs_noopt", extra_dirs: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(inputs, targets) of up to n rendered examples per task; `tasks` are names, globs or `cluster:NAME`.
+
+    Only non-inverted zero-shot templates are used (their target is the task's answer), cycling over them."""
+    from flanmix.registry import load_registry
+
+    registry = load_registry(extra_dirs)
+    seen: set[str] = set()
     out: list[tuple[str, str]] = []
-    for name in names:
-        for row in render_examples(name, n=n, split=split, seed=seed, variant=variant):
-            out.append((row["inputs"], row["targets"]))
+    for pattern in tasks:
+        for task in registry.select(pattern):
+            if task.name in seen:
+                continue
+            seen.add(task.name)
+            indices = task.template_indices(cot=False, inverted=False) or task.template_indices(cot=False)
+            for k, example in enumerate(task.examples(split)[:n]):
+                row = task.render(example, template_type=template_type, template_idx=indices[k % len(indices)],
+                                  seed=seed, split=split)
+                if row["targets"].strip():
+                    out.append((row["inputs"], row["targets"]))
+    if not out:
+        raise FlanmixError(f"no examples rendered for {', '.join(tasks)}", field="tasks")
     return out
 
 
-def _resolve_tasks(registry, pattern: str) -> list[str]:
-    import fnmatch
-
-    names = list(registry.names()) if hasattr(registry, "names") else list(registry)
-    if pattern.startswith("cluster:") and hasattr(registry, "get"):
-        cluster = pattern.split(":", 1)[1]
-        return [n for n in names if getattr(registry.get(n), "cluster", None) == cluster]
-    matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-    if not matched:
-        raise FlanmixError(f"unknown task {pattern!r}", field="tasks")
-    return matched
+def rows_from_tasks(tasks: Sequence[str], *, n: int = 200, split: str = "train", kind: str = "pairs",
+                    k: int = 4, seed: int = 0, margin: bool = False, separator: str = " ") -> list[dict]:
+    """Verifiable preference rows for registered tasks. `separator` goes between prompt and response (the
+    convention of the SFT rows, whose targets follow the inputs after a space)."""
+    ex = [(p + separator if separator and not p.endswith((" ", "\n")) else p, a)
+          for p, a in task_examples(tasks, n=n, split=split, seed=seed)]
+    return preference_rows(ex, kind=kind, k=k, seed=seed, margin=margin)

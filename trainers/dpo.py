@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from flanmix.errors import FlanmixError
+from trainers.config import LoopSettings
 from trainers.logprobs import precompute_sequence_logprobs, sequence_logprobs
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
@@ -135,9 +137,14 @@ class DPOStage:
             self.ref_model = ref_model if ref_model is not None else copy.deepcopy(model)
             self.ref_model.requires_grad_(False).eval()
         else:
+            # Computed here, from the initial weights, so a resumed run gets the same reference.
             src = ref_model if ref_model is not None else model
+            device = next(src.parameters()).device
+            if torch.cuda.is_available():
+                src.to("cuda")
             for groups in (self._train, self._eval or []):
                 attach_reference_logprobs(src, groups, self.pad_id)
+            src.to(device)
 
     def setup(self, ctx) -> None:
         if self.ref_model is not None:
@@ -160,6 +167,12 @@ class DPOStage:
     def loss(self, model, batch):
         return batch_dpo_loss(model, batch, self.beta, self.loss_type, self.ref_model)
 
+    def evaluate(self, ctx) -> dict:
+        if not self._eval:
+            return {}
+        model = ctx.unwrapped if ctx is not None else self.model
+        return {"eval_preference_accuracy": preference_accuracy(model, self._eval, self.pad_id)}
+
     def save(self, ctx, out_dir: Path) -> None:
         model = ctx.accelerator.unwrap_model(ctx.model) if ctx is not None else self.model
         model.save_pretrained(out_dir)
@@ -167,27 +180,52 @@ class DPOStage:
 
 
 def load_policy(path: str | Path):
-    from transformers import AutoModelForCausalLM
+    """A causal LM from a local folder (clear errors for missing/broken folders)."""
+    from trainers.models import load_causal_lm
 
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FlanmixError("model folder not found (no config.json)", file=path)
-    return AutoModelForCausalLM.from_pretrained(path)
+    return load_causal_lm(path)
 
 
-def build_stage(model_path: str | Path, data: Any, *, reference_path: str | Path | None = None,
-                beta: float = 0.1, loss_type: str = "sigmoid", reference: str = "precomputed",
-                max_length: int = 256, eval_fraction: float = 0.1, eval_data: Any = None, seed: int = 0) -> DPOStage:
-    from trainers.preference import encode_groups, load_preferences, load_tokenizer, split_groups
+class DPOConfig(LoopSettings):
+    """`flanmix train dpo --config dpo.yaml`: loop settings plus these."""
 
-    tokenizer = load_tokenizer(model_path)
-    groups = data if isinstance(data, list) else load_preferences(data)
-    if eval_data is not None:
-        train_g, eval_g = groups, load_preferences(eval_data)
-    else:
-        train_g, eval_g = split_groups(groups, eval_fraction, seed)
-    model = load_policy(model_path)
-    ref = load_policy(reference_path) if reference_path and Path(reference_path) != Path(model_path) else None
-    return DPOStage(model, tokenizer, encode_groups(tokenizer, train_g, max_length),
-                    encode_groups(tokenizer, eval_g, max_length), beta=beta, loss_type=loss_type,
-                    reference=reference, ref_model=ref)
+    model: str                                          # the policy to start from (usually the SFT output)
+    reference: Optional[str] = None                     # reference model folder; default: the initial policy
+    reference_mode: Literal["precomputed", "copy"] = "precomputed"
+    data: str
+    eval_data: Optional[str] = None
+    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    beta: float = Field(0.1, gt=0)
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    max_length: int = Field(256, ge=4)
+    lr: float = Field(1e-4, gt=0)
+
+
+def build_stage(cfg: DPOConfig, groups=None, eval_groups=None) -> DPOStage:
+    from trainers.preference import encode_groups, load_split, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    train_g, eval_g = load_split(groups if groups is not None else cfg.data,
+                                 eval_groups if eval_groups is not None else cfg.eval_data,
+                                 cfg.eval_fraction, cfg.seed)
+    model = load_policy(cfg.model)
+    ref = None
+    if cfg.reference and Path(cfg.reference).resolve() != Path(cfg.model).resolve():
+        ref = load_policy(cfg.reference)
+        from trainers.ppo import check_same_tokenizer
+
+        check_same_tokenizer(tokenizer, load_tokenizer(cfg.reference), cfg.reference)
+    return DPOStage(model, tokenizer, encode_groups(tokenizer, train_g, cfg.max_length),
+                    encode_groups(tokenizer, eval_g, cfg.max_length), beta=cfg.beta, loss_type=cfg.loss_type,
+                    reference=cfg.reference_mode, ref_model=ref)
+
+
+def train(config: DPOConfig | dict | str | Path, **overrides: Any):
+    """Train a policy with DPO; returns the loop's TrainResult (final model in <output_dir>/final)."""
+    from trainers import loop
+    from trainers.preference import parse_config, write_run_info
+
+    cfg = parse_config(config, overrides, DPOConfig)
+    stage = build_stage(cfg)
+    write_run_info(cfg, "dpo", {"train_groups": len(stage._train), "eval_groups": len(stage._eval or [])})
+    return loop.train(stage, cfg.loop_config())

@@ -172,14 +172,23 @@ def pandalm_rows(path: str | Path, vote: str = "unanimous") -> tuple[list[dict],
             winner = labels[0] if labels[0] in (1, 2) and labels.count(labels[0]) == 3 else None
         else:
             winner = next((v for v in (1, 2) if labels.count(v) >= 2), None)
-        r1, r2 = obj.get("response1", ""), obj.get("response2", "")
+        # a few responses were stored as JSON booleans/numbers (e.g. `true` for "True"): keep them as text
+        r1, r2 = (_as_text(obj.get(f"response{i}")) for i in (1, 2))
         if winner is None or not r1.strip() or not r2.strip() or r1.strip() == r2.strip():
             dropped += 1
             continue
-        prompt = obj["instruction"] + (f"\n\n{obj['input']}" if obj.get("input") else "")
+        prompt = _as_text(obj["instruction"]) + (f"\n\n{_as_text(obj['input'])}" if obj.get("input") else "")
         chosen, rejected = (r1, r2) if winner == 1 else (r2, r1)
         rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     return rows, dropped
+
+
+def _as_text(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "True" if v else "False"
+    return v if isinstance(v, str) else str(v)
 
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -466,17 +475,44 @@ def pad_id_of(tokenizer) -> int:
     return pid
 
 
-def load_tokenizer(path: str | Path):
-    """Tokenizer of a local model folder, with a pad token (EOS when it has none)."""
-    from transformers import AutoTokenizer
 
-    path = Path(path)
-    if not path.is_dir():
-        raise FlanmixError("model folder not found", file=path)
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-    except Exception as err:  # transformers raises many types for a broken folder
-        raise FlanmixError(f"cannot load a tokenizer: {type(err).__name__}: {err}", file=path) from None
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
+def load_tokenizer(path: str | Path):
+    """Tokenizer of a local model folder, with a pad token (EOS when it has none); see trainers.models."""
+    from trainers.models import load_tokenizer as _load
+
+    return _load(path)
+
+
+def load_split(data: Any, eval_data: Any, eval_fraction: float, seed: int) -> tuple[list[Group], list[Group]]:
+    """(train, held-out) groups: `eval_data` when given, else a seeded fraction of `data`."""
+    groups = data if isinstance(data, list) else load_preferences(data)
+    if eval_data is not None:
+        return groups, (eval_data if isinstance(eval_data, list) else load_preferences(eval_data))
+    return split_groups(groups, eval_fraction, seed)
+
+
+# ------------------------------------------------------------------------------------------- stage plumbing
+
+def parse_config(config: Any, overrides: dict, cls):
+    """A stage config from a YAML path, a mapping or a config object, with keyword overrides on top."""
+    from trainers.config import load_config, validate
+
+    if isinstance(config, (str, Path)):
+        cfg = load_config(config, cls)
+        if overrides:
+            cfg = validate({**cfg.model_dump(exclude_unset=True), **overrides}, cls, source=config)
+        return cfg
+    data = config.model_dump(exclude_unset=True) if isinstance(config, cls) else dict(config)
+    return validate({**data, **overrides}, cls)
+
+
+def write_run_info(cfg, name: str, extra: dict | None = None) -> None:
+    """`<output_dir>/<name>_config.json`: the resolved config (and any extra facts) of a run."""
+    import os
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {**cfg.model_dump(), **(extra or {})}
+    (out / f"{name}_config.json").write_text(json.dumps(info, indent=1, default=str))

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from flanmix.errors import FlanmixError
+from trainers.config import LoopSettings
 
 SCALAR_HEADS = ("score", "classifier")
 
@@ -63,10 +65,10 @@ def new_reward_model(path: str | Path, seed: int = 0, head_std: float | None = N
 
     from transformers.utils import logging as hf_logging
 
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FlanmixError("not a model folder (no config.json)", file=path)
-    config = AutoConfig.from_pretrained(path)
+    from trainers.models import check_model_dir
+
+    path = check_model_dir(path)
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
     config.num_labels = 1
     if config.pad_token_id is None:
         config.pad_token_id = config.eos_token_id
@@ -74,7 +76,10 @@ def new_reward_model(path: str | Path, seed: int = 0, head_std: float | None = N
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized score head" warning is expected here
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, config=config)
+        model = AutoModelForSequenceClassification.from_pretrained(path, config=config, local_files_only=True)
+    except Exception as err:  # an architecture without a sequence-classification class, broken weights, ...
+        raise FlanmixError(f"cannot build a scalar-head model: {str(err).splitlines()[0][:200]}", file=path,
+                           field="model") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     head = scalar_head(model)
@@ -106,7 +111,7 @@ def load_reward_model(path: str | Path):
     if not is_reward_model_folder(path):
         raise FlanmixError("reward model folder has no scalar head", file=path,
                            expected="a model saved by the rm stage (…ForSequenceClassification, num_labels=1)")
-    model = AutoModelForSequenceClassification.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
     scalar_head(model)
     return model
 
@@ -199,6 +204,13 @@ class RewardStage:
     def loss(self, model, batch):
         return rm_loss(model, batch)
 
+    def evaluate(self, ctx) -> dict:
+        if not self._eval:
+            return {}
+        model = ctx.unwrapped if ctx is not None else self.model
+        res = evaluate_rm(model, self._eval, self.pad_id)
+        return {"eval_accuracy": res["accuracy"], "eval_margin": res["margin"]}
+
     def save(self, ctx, out_dir: Path) -> None:
         model = ctx.accelerator.unwrap_model(ctx.model) if ctx is not None else self.model
         model.config.pad_token_id = self.pad_id
@@ -206,20 +218,37 @@ class RewardStage:
         self.tokenizer.save_pretrained(out_dir)
 
 
-def build_stage(model_path: str | Path, data: Any, *, max_length: int = 256, eval_fraction: float = 0.1,
-                eval_data: Any = None, seed: int = 0) -> RewardStage:
-    """Load tokenizer, data and a scalar-head model from `model_path`; returns the stage."""
-    from trainers.preference import encode_groups, load_preferences, split_groups
-    from trainers.preference import load_tokenizer
+class RMConfig(LoopSettings):
+    """`flanmix train rm --config rm.yaml`: loop settings plus these."""
 
-    tokenizer = load_tokenizer(model_path)
-    groups = data if isinstance(data, list) else load_preferences(data)
-    if eval_data is not None:
-        train_g, eval_g = groups, load_preferences(eval_data)
-    else:
-        train_g, eval_g = split_groups(groups, eval_fraction, seed)
-    model = new_reward_model(model_path, seed=seed)
-    model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
-        else tokenizer.eos_token_id
-    return RewardStage(model, tokenizer, encode_groups(tokenizer, train_g, max_length),
-                       encode_groups(tokenizer, eval_g, max_length))
+    model: str                                      # causal-LM (e.g. the SFT output) or reward-model folder
+    data: str                                       # pairs / rankings JSONL (or an HH-RLHF/PandaLM/ShareGPT file)
+    eval_data: Optional[str] = None                 # held-out set; default: eval_fraction of data
+    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    max_length: int = Field(256, ge=4)
+    lr: float = Field(1e-4, gt=0)
+
+
+def build_stage(cfg: RMConfig, groups=None, eval_groups=None) -> RewardStage:
+    """Tokenizer, data and a scalar-head model initialised from cfg.model."""
+    from trainers.preference import encode_groups, load_split, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    train_g, eval_g = load_split(groups if groups is not None else cfg.data,
+                                 eval_groups if eval_groups is not None else cfg.eval_data,
+                                 cfg.eval_fraction, cfg.seed)
+    model = new_reward_model(cfg.model, seed=cfg.seed)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return RewardStage(model, tokenizer, encode_groups(tokenizer, train_g, cfg.max_length),
+                       encode_groups(tokenizer, eval_g, cfg.max_length))
+
+
+def train(config: RMConfig | dict | str | Path, **overrides: Any):
+    """Train a reward model; returns the loop's TrainResult (final model in <output_dir>/final)."""
+    from trainers import loop
+    from trainers.preference import parse_config, write_run_info
+
+    cfg = parse_config(config, overrides, RMConfig)
+    stage = build_stage(cfg)
+    write_run_info(cfg, "rm", {"train_groups": len(stage._train), "eval_groups": len(stage._eval or [])})
+    return loop.train(stage, cfg.loop_config())

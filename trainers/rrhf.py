@@ -14,11 +14,14 @@ so any batch size works (the k responses of a prompt are grouped by the collator
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from flanmix.errors import FlanmixError
+from trainers.config import LoopSettings
+from trainers.dpo import load_policy
 from trainers.logprobs import sequence_logprobs
 
 
@@ -81,6 +84,14 @@ class RRHFStage:
     def loss(self, model, batch):
         return rrhf_loss(model, batch, self.sft_weight)
 
+    def evaluate(self, ctx) -> dict:
+        if not self._eval:
+            return {}
+        from trainers.dpo import preference_accuracy
+
+        model = ctx.unwrapped if ctx is not None else self.model
+        return {"eval_preference_accuracy": preference_accuracy(model, self._eval, self.pad_id)}
+
     def save(self, ctx, out_dir: Path) -> None:
         model = ctx.accelerator.unwrap_model(ctx.model) if ctx is not None else self.model
         model.save_pretrained(out_dir)
@@ -135,19 +146,112 @@ def score_candidates_with_rm(rm_model, tokenizer, prompts: list, candidates: lis
     return out
 
 
-def build_stage(model_path: str | Path, data: Any, *, sft_weight: float = 1.0, max_length: int = 256,
-                eval_fraction: float = 0.1, eval_data: Any = None, seed: int = 0) -> RRHFStage:
-    from trainers.dpo import load_policy
-    from trainers.preference import encode_groups, load_preferences, load_tokenizer, split_groups
+class CandidateSpec(BaseModel):
+    """RRHF candidates made on the fly: k samples per prompt from a model, scored by a reward model/function."""
 
-    tokenizer = load_tokenizer(model_path)
-    groups = data if isinstance(data, list) else load_preferences(data)
-    if not groups:
-        raise FlanmixError("no RRHF training groups", field="data")
-    if eval_data is not None:
-        train_g, eval_g = groups, load_preferences(eval_data)
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: Optional[str] = None            # prompt rows (JSONL with prompt); default: the prompts of `data`
+    sample_from: Optional[str] = None        # model folder to sample from; default: the stage's model
+    k: int = Field(4, ge=1)
+    max_new_tokens: int = Field(32, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    reward_model: Optional[str] = None       # a reward-model folder (the rm stage's output) ...
+    reward_fn: Optional[str] = None          # ... or 'module:function'(prompts, completions, rows) -> scores
+    include_data: bool = True                # also rank the responses given in `data` (ground truth)
+    max_prompts: Optional[int] = Field(None, ge=1)
+
+
+class RRHFConfig(LoopSettings):
+    """`flanmix train rrhf --config rrhf.yaml`: loop settings plus these."""
+
+    model: str
+    data: Optional[str] = None               # rankings / pairs; or prompts when `candidates` makes responses
+    candidates: Optional[CandidateSpec] = None
+    eval_data: Optional[str] = None
+    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    sft_weight: float = Field(1.0, ge=0)
+    max_length: int = Field(256, ge=4)
+    lr: float = Field(1e-4, gt=0)
+
+
+def make_candidate_groups(spec: CandidateSpec, model_path: str, data_groups, tokenizer, seed: int = 0):
+    """Groups of sampled (+ given) responses with reward scores; groups whose scores all tie are dropped."""
+    from trainers.dpo import load_policy
+    from trainers.ppo import check_same_tokenizer, load_reward_fn, read_prompts
+    from trainers.preference import Group, _response_text, load_tokenizer
+
+    if (spec.reward_model is None) == (spec.reward_fn is None):
+        raise FlanmixError("candidates need exactly one of reward_model and reward_fn", field="candidates")
+    if spec.prompts:
+        rows = read_prompts(spec.prompts)
+        base = [Group(r["prompt"], [], [], None, None) for r in rows]
+    elif data_groups:
+        base = list(data_groups)
+        rows = [{"prompt": g.prompt} for g in base]
     else:
-        train_g, eval_g = split_groups(groups, eval_fraction, seed)
-    model = load_policy(model_path)
-    return RRHFStage(model, tokenizer, encode_groups(tokenizer, train_g, max_length),
-                     encode_groups(tokenizer, eval_g, max_length), sft_weight=sft_weight)
+        raise FlanmixError("candidates need prompts (candidates.prompts or data)", field="candidates.prompts")
+    if spec.max_prompts:
+        base, rows = base[: spec.max_prompts], rows[: spec.max_prompts]
+    sampler = load_policy(spec.sample_from or model_path)
+    prompts = [g.prompt for g in base]
+    sampled = sample_candidates(sampler, tokenizer, prompts, spec.k, spec.max_new_tokens, spec.temperature, seed)
+    del sampler
+    cands = []
+    for g, s in zip(base, sampled):
+        extra = [_response_text(r) for r in g.responses] if spec.include_data else []
+        seen, lst = set(), []
+        for c in extra + s:
+            if c.strip() and c not in seen:
+                seen.add(c)
+                lst.append(c)
+        cands.append(lst)
+    if spec.reward_model is not None:
+        from trainers.rm import load_reward_model
+
+        rm = load_reward_model(spec.reward_model)
+        check_same_tokenizer(tokenizer, load_tokenizer(spec.reward_model), spec.reward_model)
+        scores = score_candidates_with_rm(rm, tokenizer, prompts, cands)
+    else:
+        fn = load_reward_fn(spec.reward_fn)
+        scores = []
+        for p, cs, row in zip(prompts, cands, rows):
+            scores.append([float(x) for x in fn([p] * len(cs), cs, [row] * len(cs))])
+    out = [Group(p, cs, sc, None, "candidates") for p, cs, sc in zip(prompts, cands, scores)
+           if len(cs) >= 2 and len(set(sc)) > 1]
+    if not out:
+        raise FlanmixError("every candidate group had tied scores; nothing to rank", field="candidates")
+    return out
+
+
+def build_stage(cfg: RRHFConfig, groups=None, eval_groups=None) -> RRHFStage:
+    from trainers.preference import encode_groups, load_preferences, load_split, load_tokenizer, split_groups
+
+    tokenizer = load_tokenizer(cfg.model)
+    if cfg.candidates is not None:
+        data_groups = groups if groups is not None else (load_preferences(cfg.data) if cfg.data else [])
+        made = make_candidate_groups(cfg.candidates, cfg.model, data_groups, tokenizer, cfg.seed)
+        if eval_groups is not None or cfg.eval_data:
+            train_g, eval_g = made, eval_groups if eval_groups is not None else load_preferences(cfg.eval_data)
+        else:
+            train_g, eval_g = split_groups(made, cfg.eval_fraction, cfg.seed)
+    else:
+        if cfg.data is None and groups is None:
+            raise FlanmixError("rrhf needs data (rankings or pairs) or candidates", field="data")
+        train_g, eval_g = load_split(groups if groups is not None else cfg.data,
+                                     eval_groups if eval_groups is not None else cfg.eval_data,
+                                     cfg.eval_fraction, cfg.seed)
+    model = load_policy(cfg.model)
+    return RRHFStage(model, tokenizer, encode_groups(tokenizer, train_g, cfg.max_length),
+                     encode_groups(tokenizer, eval_g, cfg.max_length), sft_weight=cfg.sft_weight)
+
+
+def train(config: RRHFConfig | dict | str | Path, **overrides: Any):
+    """Train a policy with RRHF; returns the loop's TrainResult (final model in <output_dir>/final)."""
+    from trainers import loop
+    from trainers.preference import parse_config, write_run_info
+
+    cfg = parse_config(config, overrides, RRHFConfig)
+    stage = build_stage(cfg)
+    write_run_info(cfg, "rrhf", {"train_groups": len(stage._train), "eval_groups": len(stage._eval or [])})
+    return loop.train(stage, cfg.loop_config())

@@ -1,0 +1,111 @@
+"""`flanmix prefs`: make preference files for the RM / DPO / RRHF / PPO stages.
+
+    flanmix prefs generate --tasks 'strings.*' cluster:lists --n 200 --kind pairs --out prefs/train.jsonl
+    flanmix prefs generate --from rows.jsonl --kind rankings --k 4 --out prefs/rank.jsonl
+    flanmix prefs import hh-rlhf shared/data/preference/hh_rlhf/harmless-base_test.jsonl.gz --out prefs/hh.jsonl
+    flanmix prefs import pandalm testset-v1.json --out prefs/pandalm.jsonl   (unanimous, non-tie labels)
+    flanmix prefs import sharegpt dpo_en_demo.json --out prefs/sharegpt.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("prefs", help="generate or import preference data (pairs / rankings)",
+                              description="Generate verifiable preferences from bundled tasks, or import "
+                                          "third-party preference sets, as JSONL pair/ranking rows.")
+    sub = p.add_subparsers(dest="prefs_command", metavar="ACTION")
+    sub.required = True
+
+    g = sub.add_parser("generate", help="correct vs perturbed answers of rendered task examples")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--tasks", nargs="+", help="task names, globs or cluster:NAME")
+    src.add_argument("--from", dest="from_file",
+                     help="JSONL with prompt/answer (or inputs/targets) rows instead of registered tasks")
+    g.add_argument("--n", type=int, default=200, help="examples per task (default 200)")
+    g.add_argument("--split", choices=["train", "validation"], default="train")
+    g.add_argument("--kind", choices=["pairs", "rankings"], default="pairs")
+    g.add_argument("--k", type=int, default=4, help="responses per ranking (default 4)")
+    g.add_argument("--margin", action="store_true", help="add log(1 + distance) as the pair margin")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", required=True, help="output .jsonl")
+    g.set_defaults(func=_generate)
+
+    i = sub.add_parser("import", help="convert HH-RLHF / PandaLM / ShareGPT preference files")
+    i.add_argument("format", choices=["hh-rlhf", "pandalm", "sharegpt"])
+    i.add_argument("src", help="the source file")
+    i.add_argument("--vote", choices=["unanimous", "majority"], default="unanimous",
+                   help="PandaLM: which human-label agreement makes a pair (default unanimous)")
+    i.add_argument("--out", required=True, help="output .jsonl")
+    i.set_defaults(func=_import)
+
+
+def _read_examples(path: str) -> list[tuple[str, str]]:
+    import json
+    from pathlib import Path
+
+    from flanmix.errors import FlanmixError
+
+    p = Path(path)
+    if not p.is_file():
+        raise FlanmixError("file not found", file=p)
+    out = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise FlanmixError(f"invalid JSON: {err.msg}", file=p, line=n) from None
+        prompt = row.get("prompt", row.get("inputs"))
+        answer = row.get("answer", row.get("targets", row.get("completion")))
+        if not isinstance(prompt, str) or not isinstance(answer, str) or not answer.strip():
+            raise FlanmixError("row needs a prompt (or inputs) and a non-empty answer (or targets)", file=p,
+                               line=n)
+        out.append((prompt, answer))
+    return out
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from flanmix.errors import FlanmixError
+    from flanmix.preferences import preference_rows, rows_from_tasks
+    from trainers.preference import write_rows
+
+    if args.n < 1 or args.k < 2:
+        raise FlanmixError("--n must be >= 1 and --k >= 2", field="n")
+    if args.tasks:
+        rows = rows_from_tasks(args.tasks, n=args.n, split=args.split, kind=args.kind, k=args.k, seed=args.seed,
+                               margin=args.margin)
+    else:
+        rows = preference_rows(_read_examples(args.from_file), kind=args.kind, k=args.k, seed=args.seed,
+                               margin=args.margin)
+    if not rows:
+        raise FlanmixError("no preference rows could be made", field="tasks")
+    n = write_rows(rows, args.out)
+    print(f"wrote {n} {args.kind} to {args.out}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flanmix.errors import FlanmixError
+    from trainers.preference import IMPORTERS, pandalm_rows, write_rows
+
+    src = Path(args.src)
+    if not src.is_file():
+        raise FlanmixError("source file not found", file=src)
+    try:
+        if args.format == "pandalm":
+            rows, dropped = pandalm_rows(src, vote=args.vote)
+        else:
+            rows, dropped = IMPORTERS[args.format](src)
+    except (KeyError, TypeError, ValueError, OSError) as err:  # a file of another shape
+        raise FlanmixError(f"not a {args.format} file ({type(err).__name__}: {err})", file=src) from None
+    if not rows:
+        raise FlanmixError(f"no usable {args.format} rows", file=src)
+    n = write_rows(rows, args.out)
+    print(f"wrote {n} pairs to {args.out} ({dropped} rows dropped: tied, identical or empty)")
+    return 0
