@@ -50,7 +50,14 @@ def _generate(source: SourceSpec, task_name: str, file: str | None) -> Iterator[
     fn = resolve_generator(source.builtin or "", file=file)
     rng = random.Random(f"{source.seed}:{task_name}")
     for i in range(source.examples):
-        yield f"{task_name}:{i}", fn(rng)
+        try:
+            row = fn(rng)
+        except FlanmixError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a user's generator can raise anything; name the task and row
+            raise FlanmixError(f"task {task_name!r}, row {task_name}:{i}: generator {source.builtin!r} failed: "
+                               f"{type(err).__name__}: {err}", file=file, field="source.builtin") from None
+        yield f"{task_name}:{i}", row
 
 
 def _resolve_files(source: SourceSpec, base_dir: Path, file: str | None) -> list[Path]:
