@@ -18,7 +18,8 @@ from flanmix.errors import FlanmixError
 from flanmix.sources import is_validation, iter_source, stable_seed
 from flanmix.spec import FewShotFormat, TaskSpec, TemplateSet, TemplateSpec
 from flanmix.templates import (DEFAULT_OPTIONS_STYLE, Compiled, OptionsStyle, compile_template, compile_value,
-                               format_options, random_options_style, split_choices)
+                               format_options, random_options_style, referenced_names,
+                               split_choices)
 
 TEMPLATE_TYPES = ("zs_opt", "zs_noopt", "fs_opt", "fs_noopt")
 TemplateType = Literal["zs_opt", "zs_noopt", "fs_opt", "fs_noopt"]
@@ -40,6 +41,7 @@ class _CompiledTemplate:
     input: Compiled
     target: Compiled
     options: Compiled | None
+    shows_options: bool  # the input shows `options_`, so a letter/number marker may stand for the answer
 
 
 class _LazyRandom:
@@ -96,7 +98,8 @@ class Task:
                 out.append(_CompiledTemplate(
                     tmpl, compile_template(tmpl.input, **where("input")),
                     compile_template(tmpl.target, **where("target")),
-                    compile_value(tmpl.options, **where("options")) if tmpl.options else None))
+                    compile_value(tmpl.options, **where("options")) if tmpl.options else None,
+                    not tmpl.inverted and "options_" in referenced_names(tmpl.input)))
             return out
 
         self._zero_shot = compile_set("zero_shot", templates.zero_shot)
@@ -186,7 +189,9 @@ class Task:
             block = format_options(options, style)
             context["options_"] = block.text
             answer = str(context.get(answer_field, ""))
-            if block.labels and answer in options:
+            # Only a template that shows the markers may answer with one; inverted and option-less templates keep
+            # the answer text (else a CoT target could end in "So the answer is (B).").
+            if block.labels and tmpl.shows_options and answer in options:
                 context[answer_field] = block.labels[options.index(answer)]
         inputs = str(tmpl.input(context, rng)).strip()
         targets = str(tmpl.target(context, rng)).strip()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import jinja2
+import jinja2.meta
 import jinja2.nodes
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
@@ -80,6 +81,14 @@ class Compiled:
                                field=self.field) from None
         finally:
             _CHOICE.rng = None
+
+
+def referenced_names(source: str) -> set[str]:
+    """Variables a template reads (an unparsable template reads nothing; compiling it reports the error)."""
+    try:
+        return jinja2.meta.find_undeclared_variables(ENV.parse(source))
+    except jinja2.TemplateSyntaxError:
+        return set()
 
 
 def compile_template(source: str, *, field: str, file: str | None = None, line: int | None = None) -> Compiled:

@@ -359,3 +359,14 @@ def test_import_flanmix_does_not_import_torch():
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_marker_rewrite_only_where_markers_are_shown(task):
+    """Inverted and CoT templates that do not show the options block keep the answer text, whatever the style."""
+    for seed in range(40):
+        for example in task.examples()[:4]:
+            truth = "yes" if example.raw["label"] else "no"
+            inverted = task.render(example, template_type="zs_opt", template_idx=2, seed=seed, randomize_options=True)
+            assert inverted["inputs"] == f"Name something whose answer is {truth}."
+            cot = task.render_full(example, template_type="zs_opt", cot=True, seed=seed, randomize_options=True)
+            assert cot.targets.endswith(f"So the answer is {truth}.") and cot.answer == truth
