@@ -3,6 +3,7 @@ folders they write; golden renders against T0's own renders and hand-written exp
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -126,22 +127,33 @@ def _key(data: dict) -> str:
     return data["dataset"] + (f"/{data['subset']}" if data.get("subset") else "")
 
 
+@functools.lru_cache(maxsize=None)
+def _compile_reference(source: str):
+    return REFERENCE_ENV.from_string(source)
+
+
 def _reference(template: dict, row: dict) -> list[str]:
     """promptsource's own semantics, independently: options rendered and split, whole jinja rendered, split."""
     context = dict(row)
     if template.get("answer_choices"):
-        rendered = REFERENCE_ENV.from_string(template["answer_choices"]).render(row)
+        rendered = _compile_reference(template["answer_choices"]).render(row)
         context["answer_choices"] = [c.strip() for c in rendered.split("|||")]
-    return [part.strip() for part in REFERENCE_ENV.from_string(template["jinja"]).render(context).split("|||")]
+    return [part.strip() for part in _compile_reference(template["jinja"]).render(context).split("|||")]
 
 
 @pytest.fixture(scope="module")
-def ps_tasks(shared_data) -> dict[str, tuple[str, dict[str, Task]]]:
+def ps_items(shared_data) -> dict[Path, list]:
+    """file -> imported (spec, template set) pairs, for every shared promptsource file."""
+    return {path: promptsource.import_file(path, notes=[]) for path in _ps_files(shared_data)}
+
+
+@pytest.fixture(scope="module")
+def ps_tasks(ps_items) -> dict[str, tuple[str, dict[str, Task]]]:
     """dataset key -> (file, {template name: task}) for every shared promptsource file."""
     out = {}
-    for path in _ps_files(shared_data):
+    for path, items in ps_items.items():
         by_name = {}
-        for spec, templates in promptsource.import_file(path, notes=[]):
+        for spec, templates in items:
             task = Task(spec, templates)
             for i, tmpl in enumerate(templates.zero_shot):
                 by_name[tmpl.name] = (task, i)
@@ -472,6 +484,8 @@ def shared_registry(shared_data, tmp_path_factory) -> tuple[Path, list[str]]:
     out = tmp_path_factory.mktemp("imports") / "shared"
     notes: list[str] = []
     items = import_shared(shared_data, out, notes=notes)
+    skipped = [n for n in notes if "skipped template" in n]
+    assert len(skipped) == (0 if promptsource.parts_share_random_draws() else 3), notes
     return out, [s.name for s, _ in items]
 
 
@@ -500,9 +514,9 @@ def test_import_shared_writes_a_loadable_registry(shared_registry, shared_data):
     assert first["targets"] in ("positive", "negative") and "<|endoftext|>" not in first["targets"]
 
 
-def test_written_templates_round_trip(shared_registry, shared_data):
+def test_written_templates_round_trip(shared_registry, ps_items):
     out, _ = shared_registry
-    for spec, tset in promptsource.import_path(shared_data / "templates/promptsource"):
+    for spec, tset in [item for items in ps_items.values() for item in items]:
         written = YamlDoc.read(out / "templates" / f"{spec.templates}.yaml").validate(promptsource.TemplateSet)
         assert written == tset, spec.name
 
@@ -627,6 +641,18 @@ def test_bad_tsv_and_jsonl(tmp_path, capsys):
     jsonl.write_text(json.dumps({"input": "a"}) + "\n")
     assert cli(["import", "t0", str(jsonl), "--out", str(tmp_path / "o")]) == 2
     _one_line_error(capsys, str(jsonl), "prompt/completion")
+
+
+def test_import_shared_partial_and_empty(shared_data, tmp_path):
+    partial = tmp_path / "data"
+    (partial / "instruction").mkdir(parents=True)
+    (partial / "instruction" / "flan_cot").symlink_to(shared_data / "instruction" / "flan_cot")
+    notes: list[str] = []
+    items = import_shared(partial, notes=notes)
+    assert {s.collection for s, _ in items} == {"CoT"} and len(notes) == 3
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FlanmixError, match="nothing to import"):
+        import_shared(tmp_path / "empty")
 
 
 def test_write_registry_rejects_duplicate_names(shared_data, tmp_path):

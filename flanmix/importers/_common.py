@@ -144,12 +144,10 @@ def write_registry(items: Sequence[Imported], out_dir: Path | str, *, overwrite:
                    absolute_paths: bool = False, validate: bool = True) -> list[Path]:
     """Write imported tasks into a registry folder (`DIR/<task>.yaml` + `DIR/templates/...`), atomically.
 
-    Everything is written to `DIR.tmp-<pid>` first and checked there (each spec is loaded back with its template
-    set); only then are the files moved in. Existing task or template files are refused unless `overwrite`.
+    Everything is written to `DIR.tmp-<pid>` first and checked there (each spec and template set is read back,
+    compared and compiled); only then are the files moved in. Existing task or template files are refused unless `overwrite`.
     Returns the written spec files.
     """
-    from flanmix.registry import load_task_file
-
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FlanmixError("output path exists and is not a folder", file=out_dir, field="--out")
@@ -169,9 +167,7 @@ def write_registry(items: Sequence[Imported], out_dir: Path | str, *, overwrite:
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
             (stage / rel).write_text(text, encoding="utf-8")
         if validate:
-            for rel in files:
-                if rel.parent == Path("."):
-                    load_task_file(stage / rel, registry_root=stage)
+            _validate_written(items, stage)
         if not out_dir.exists():
             os.replace(stage, out_dir)
         else:
@@ -181,6 +177,24 @@ def write_registry(items: Sequence[Imported], out_dir: Path | str, *, overwrite:
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return [out_dir / rel for rel in files if rel.parent == Path(".")]
+
+
+_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _validate_written(items: Sequence[Imported], stage: Path) -> None:
+    """Read every written file back: the spec must validate and compile, the template set must come back equal."""
+    from flanmix.task import Task
+
+    for spec, templates in items:
+        spec_file = stage / f"{spec.name}.yaml"
+        template_file = stage / "templates" / f"{template_ref(spec)}.yaml"
+        written = TaskSpec.model_validate(yaml.load(spec_file.read_text(encoding="utf-8"), Loader=_FAST_LOADER))
+        back = TemplateSet.model_validate(yaml.load(template_file.read_text(encoding="utf-8"), Loader=_FAST_LOADER))
+        if back != templates or written.model_dump(exclude={"source", "templates"}) != spec.model_dump(
+                exclude={"source", "templates"}):
+            raise FlanmixError("written files do not read back unchanged (please report this)", file=spec_file)
+        Task(written, back, spec_file=spec_file, template_file=template_file)
 
 
 def register(items: Iterable[Imported], *, replace: bool = False) -> list:
