@@ -34,7 +34,7 @@ from flanmix.task import TEMPLATE_TYPES, Task
 from flanmix.yamlio import YamlDoc
 
 TemplateTypeName = Literal["zs_opt", "zs_noopt", "fs_opt", "fs_noopt"]
-DEFAULT_ROWS_PER_SHARD = 100_000
+DEFAULT_ROWS_PER_SHARD = 25_000
 PILOT_ROWS = 2_000
 
 

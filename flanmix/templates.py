@@ -94,12 +94,11 @@ def referenced_names(source: str) -> set[str]:
 def compile_template(source: str, *, field: str, file: str | None = None, line: int | None = None) -> Compiled:
     """Compile a Jinja template string that renders to text."""
     try:
-        template = ENV.from_string(source)
+        render = _fast_render(ENV.parse(source)) or _direct_render(ENV.from_string(source))
     except jinja2.TemplateSyntaxError as err:
         raise FlanmixError(f"Jinja syntax error: {err.message} (template line {err.lineno})", file=file,
                            line=line, field=field, expected="a valid Jinja template") from None
-    return Compiled(source, f"{file}:{line}", _fast_render(template, source) or _direct_render(template), field,
-                    file, line)
+    return Compiled(source, f"{file}:{line}", render, field, file, line)
 
 
 def _direct_render(template: jinja2.Template) -> Callable[[dict[str, Any]], str]:
@@ -119,10 +118,11 @@ def _direct_render(template: jinja2.Template) -> Callable[[dict[str, Any]], str]
     return render
 
 
-def _fast_render(template: jinja2.Template, source: str) -> Callable[[dict[str, Any]], str] | None:
+def _fast_render(tree: jinja2.nodes.Template) -> Callable[[dict[str, Any]], str] | None:
     """For the most common templates — literal text and bare `{{ name }}` substitutions — render by joining
-    strings directly. Same output as Jinja (`str(value)`, StrictUndefined's error); None for anything else."""
-    body = ENV.parse(source).body
+    strings directly (no Jinja compile needed). Same output as Jinja (`str(value)`, StrictUndefined's error);
+    None for anything else."""
+    body = tree.body
     parts: list[tuple[bool, str]] = []  # (is_name, text-or-name)
     for node in body:
         if not isinstance(node, jinja2.nodes.Output):
@@ -134,7 +134,7 @@ def _fast_render(template: jinja2.Template, source: str) -> Callable[[dict[str, 
                 parts.append((True, child.name))
             else:
                 return None
-    global_vars = dict(template.globals)
+    global_vars = dict(ENV.globals)
     pieces = tuple(parts)
 
     def render(context: dict[str, Any]) -> str:

@@ -61,8 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-shards", type=int, default=1, metavar="K",
                    help="build only part of the mixture: one of K disjoint parts (merge with `flanmix merge`)")
     p.add_argument("--shard-index", type=int, default=0, metavar="I", help="which part to build (0..K-1)")
-    p.add_argument("--rows-per-shard", type=int, default=100_000, metavar="R",
-                   help="planned rows per shard file (default 100000; part of the build's identity)")
+    p.add_argument("--rows-per-shard", type=int, default=25_000, metavar="R",
+                   help="planned rows per shard file (default 25000; part of the build's identity)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_registry_option(p)
     p.set_defaults(func=cmd_build)
