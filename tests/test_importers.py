@@ -650,6 +650,9 @@ def test_import_shared_partial_and_empty(shared_data, tmp_path):
     notes: list[str] = []
     items = import_shared(partial, notes=notes)
     assert {s.collection for s, _ in items} == {"CoT"} and len(notes) == 3
+    assert {s.collection for s, _ in import_shared(shared_data, kinds=["t0", "niv2"])} == {"T0", "NIv2"}
+    assert cli(["import", "shared", str(shared_data), "--only", "flan_cot", "--out", str(tmp_path / "cot")]) == 0
+    assert len(list((tmp_path / "cot").glob("*.yaml"))) == 7
     (tmp_path / "empty").mkdir()
     with pytest.raises(FlanmixError, match="nothing to import"):
         import_shared(tmp_path / "empty")

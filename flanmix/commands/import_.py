@@ -37,7 +37,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     notes: list[str] = []
     kind = args.import_kind
     if kind == "shared":
-        items = importers.import_shared(args.src, notes=notes)
+        items = importers.import_shared(args.src, kinds=args.only or None, notes=notes)
     elif kind == "files":
         items = importers.files.import_file(args.src, name=args.name, input_field=args.input_field,
                                             target_field=args.target_field, cluster=args.cluster,
@@ -85,6 +85,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("shared", help="everything under a shared data folder (promptsource, NIv2, CoT, T0)")
     p.add_argument("src", metavar="SHARED_DATA_DIR")
+    p.add_argument("--only", action="append", choices=["promptsource", "niv2", "flan_cot", "t0"],
+                   help="import only this collection (repeatable; default all)")
     _common(p, cluster=False)
 
     parser.set_defaults(func=cmd_import)

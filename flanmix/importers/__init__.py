@@ -9,6 +9,7 @@ File sources hold absolute paths in memory and are written relative to the regis
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 from flanmix.importers import files, flan_cot, niv2, promptsource, t0
 from flanmix.importers._common import Imported, register, render_files, write_registry
@@ -26,22 +27,28 @@ SHARED_LAYOUT = {
 
 
 def import_shared(shared_data_dir: Path | str, out_dir: Path | str | None = None, *, overwrite: bool = False,
-                  absolute_paths: bool = False, notes: list[str] | None = None) -> list[Imported]:
+                  absolute_paths: bool = False, kinds: Iterable[str] | None = None,
+                  notes: list[str] | None = None) -> list[Imported]:
     """Import every promptsource, NIv2, Flan CoT and T0-rendered set found under a shared data folder.
 
-    With `out_dir`, also write them there as one registry folder (atomically). Collections whose folder is absent
-    are skipped with a note; finding none at all is an error.
+    `kinds` limits the collections (keys of `SHARED_LAYOUT`; e.g. leave out `promptsource`, whose hub sources
+    cannot load offline). With `out_dir`, also write them there as one registry folder (atomically). Collections
+    whose folder is absent are skipped with a note; finding none at all is an error.
     """
     from flanmix.errors import FlanmixError
 
+    selected = list(SHARED_LAYOUT) if kinds is None else list(kinds)
+    unknown = [k for k in selected if k not in SHARED_LAYOUT]
+    if unknown:
+        raise FlanmixError(f"unknown collection {unknown[0]!r}", field="kinds", expected=", ".join(SHARED_LAYOUT))
     root = Path(shared_data_dir)
     if not root.is_dir():
         raise FlanmixError("shared data folder not found", file=root, expected="a folder such as ../shared/data")
     importers = {"promptsource": promptsource.import_path, "niv2": niv2.import_path,
                  "flan_cot": flan_cot.import_path, "t0": t0.import_path}
     items: list[Imported] = []
-    for kind, rel in SHARED_LAYOUT.items():
-        folder = root / rel
+    for kind in selected:
+        folder = root / SHARED_LAYOUT[kind]
         if not folder.is_dir():
             if notes is not None:
                 notes.append(f"{folder}: not found, no {kind} tasks imported")
