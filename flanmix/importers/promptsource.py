@@ -129,12 +129,11 @@ def convert_template(template: dict, *, file: str | Path | None = None, line: in
     metadata = template.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise FlanmixError("metadata must be a mapping", **where)
-    if not _parses(jinja):
-        try:
-            ENV.parse(jinja)
-        except jinja2.TemplateSyntaxError as err:
-            raise FlanmixError(f"Jinja syntax error: {err.message} (template line {err.lineno})",
-                               expected="a valid Jinja template", **where) from None
+    try:
+        ENV.parse(jinja)
+    except jinja2.TemplateSyntaxError as err:
+        raise FlanmixError(f"Jinja syntax error: {err.message} (template line {err.lineno})",
+                           expected="a valid Jinja template", **where) from None
     if choices is not None and not _parses(choices):
         raise FlanmixError("Jinja syntax error in answer_choices", expected="valid Jinja", **where)
     parts = split_source(jinja)
@@ -146,10 +145,10 @@ def convert_template(template: dict, *, file: str | Path | None = None, line: in
         target = prelude + right
     elif len(parts) >= 2:
         # `|||` inside a Jinja block: render in full, then split, as promptsource does.
-        left = "{% set ps_full %}" + jinja + "{% endset %}{{ ps_full.split('|||')[0] }}"
+        left = "{% set ps_full %}" + jinja + "{% endset %}{{ ps_full.split('|||')[0] | trim }}"
         # No '|||' in the render (e.g. `{% if label == 1 %}...|||...{% endif %}` on a label-0 row): promptsource
         # skips the row; here the target is empty, as for unlabelled rows.
-        target = "{% set ps_full %}" + jinja + "{% endset %}{{ (ps_full.split('|||') + [''])[1] }}"
+        target = "{% set ps_full %}" + jinja + "{% endset %}{{ (ps_full.split('|||') + [''])[1] | trim }}"
         random_shared = bool(_CHOICE_FILTER.search(jinja))
     else:
         raise FlanmixError("template has no '|||' between input and target", expected="input ||| target", **where)
