@@ -42,6 +42,7 @@ class _CompiledTemplate:
     target: Compiled
     options: Compiled | None
     shows_options: bool  # the input shows `options_`, so a letter/number marker may stand for the answer
+    draws: bool  # the input or target uses the `choice` filter
 
 
 class _LazyRandom:
@@ -99,7 +100,8 @@ class Task:
                     tmpl, compile_template(tmpl.input, **where("input")),
                     compile_template(tmpl.target, **where("target")),
                     compile_value(tmpl.options, **where("options")) if tmpl.options else None,
-                    not tmpl.inverted and "options_" in referenced_names(tmpl.input)))
+                    not tmpl.inverted and "options_" in referenced_names(tmpl.input),
+                    "choice" in tmpl.input or "choice" in tmpl.target))
             return out
 
         self._zero_shot = compile_set("zero_shot", templates.zero_shot)
@@ -165,8 +167,10 @@ class Task:
         """Raw fields plus mapped task fields for one example (cached on the example)."""
         if example.context is None:
             context = dict(example.raw)
+            # A `choice` in a field mapping draws per example, seeded by (source seed, task, example id).
+            rng = _LazyRandom((self.spec.source.seed, self.name, example.example_id, "fields"))
             for name, compiled in self._fields:
-                context[name] = compiled(context)
+                context[name] = compiled(context, rng)
             example.context = context
         return example.context
 
@@ -193,9 +197,15 @@ class Task:
             # the answer text (else a CoT target could end in "So the answer is (B).").
             if block.labels and tmpl.shows_options and answer in options:
                 context[answer_field] = block.labels[options.index(answer)]
+        # Input and target draw from the same random state, as if rendered in one pass: a `choice` made in the
+        # input is made identically when the target repeats it (promptsource templates rely on this).
+        state = rng.getstate() if tmpl.draws else None
         inputs = str(tmpl.input(context, rng)).strip()
+        if state is not None:
+            rng.setstate(state)
         targets = str(tmpl.target(context, rng)).strip()
-        return Rendered(inputs, targets, options, str(context.get(answer_field, "")))
+        answer = str(context[answer_field]) if answer_field in context else targets
+        return Rendered(inputs, targets, options, answer)
 
     def _exemplars(self, target: Example, rng: random.Random, split: Split) -> list[Example]:
         pool = self.examples("train")

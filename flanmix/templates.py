@@ -46,6 +46,7 @@ def make_environment() -> SandboxedEnvironment:
     """The one Jinja environment flanmix renders with; promptsource's `choice` filter draws from the seeded RNG."""
     env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     env.filters["choice"] = _seeded_choice
+    env.globals["zip"] = zip  # promptsource templates use it; it only pairs values, so it is safe in the sandbox
     return env
 
 

@@ -13,7 +13,10 @@ from flanmix.errors import FlanmixError
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-class _Loader(yaml.SafeLoader):
+_BASE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: 5-10x faster
+
+
+class _Loader(_BASE_LOADER):  # type: ignore[misc, valid-type]
     """SafeLoader that also knows promptsource's `!Template` / `!TemplateMetadata` tags (as plain mappings)."""
 
 

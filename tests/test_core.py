@@ -370,3 +370,28 @@ def test_marker_rewrite_only_where_markers_are_shown(task):
             assert inverted["inputs"] == f"Name something whose answer is {truth}."
             cot = task.render_full(example, template_type="zs_opt", cot=True, seed=seed, randomize_options=True)
             assert cot.targets.endswith(f"So the answer is {truth}.") and cot.answer == truth
+
+
+def test_choice_draws_match_between_input_and_target(tmp_path):
+    """A random pick made in the input is the same pick when the target repeats it (one-pass semantics)."""
+    pick = "{{ ['red', 'green', 'blue', 'cyan'] | choice }}"
+    templates = TEMPLATES.replace('target: "{{ word }}", inverted: true',
+                                  f'target: "{pick}"').replace("Name something whose answer is {{ answer }}.",
+                                                               f"Say {pick}.")
+    task = load_task_file(write_task(tmp_path / "r", templates=templates), registry_root=tmp_path / "r")
+    picks = set()
+    for seed in range(30):
+        row = task.render(task.examples()[0], template_idx=2, seed=seed)
+        assert row["inputs"] == f"Say {row['targets']}."
+        picks.add(row["targets"])
+    assert len(picks) > 1
+
+
+def test_choice_in_field_mapping_is_per_example(tmp_path):
+    spec = write_task(tmp_path / "r")
+    spec.write_text(spec.read_text().replace("fields:\n", "fields:\n  tone: \"{{ ['a', 'b', 'c', 'd'] | choice }}\"\n"))
+    task = load_task_file(spec, registry_root=tmp_path / "r")
+    tones = [task.context(e)["tone"] for e in task.examples()]
+    assert len(set(tones)) > 1
+    again = load_task_file(spec, registry_root=tmp_path / "r")
+    assert [again.context(e)["tone"] for e in again.examples()] == tones

@@ -192,7 +192,9 @@ def test_promptsource_every_file_imports_and_every_template_renders(shared_data,
                     assert [row_noopt["inputs"], row_noopt["targets"]] == reference, name
                     compared += 1
                 assert row_noopt["inputs"] and row_noopt["targets"], (file, name)
-                assert row_opt["targets"] == row_noopt["targets"]
+                if RANDOM.search(originals[name]["jinja"]) is None:
+                    # (a template drawing at random may draw differently per variant: each variant is seeded apart)
+                    assert row_opt["targets"] == row_noopt["targets"]
                 if tmpl.options and originals[name]["metadata"].get("choices_in_prompt") is not True:
                     assert "OPTIONS:" in row_opt["inputs"] and "OPTIONS:" not in row_noopt["inputs"], name
                 rendered += 2
