@@ -263,7 +263,19 @@ def _make_accelerator(cfg: LoopConfig):
                            "gradient_clipping": cfg.max_grad_norm or 0.0}[key]
         ds.pop("train_batch_size", None)
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=ds)
+        # accelerate reads this flag when it sets up the process group (before it looks at the plugin)
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    use_ds = ds is not None or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if use_ds and not torch.cuda.is_available():
+        from accelerate.utils import InitProcessGroupKwargs
+
+        # On CPU accelerate finds no backend for DeepSpeed by itself and would silently run each process alone.
+        kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
+    # Without cpu=True accelerate ignores a multi-process launch on a machine without GPUs (each process would
+    # think it is alone); with it, processes join a gloo group. DeepSpeed is the exception: accelerate only
+    # enables it with cpu=False, and DeepSpeed then sets up its own (gloo on CPU) process group.
     return Accelerator(
+        cpu=not torch.cuda.is_available() and not use_ds,
         mixed_precision=_resolve_mixed_precision(cfg.mixed_precision),
         gradient_accumulation_steps=cfg.grad_accum,
         **kwargs,

@@ -62,6 +62,8 @@ def _run(args: argparse.Namespace) -> int:
     if not args.config:
         raise FlanmixError(f"`flanmix train {target}` needs --config FILE", field="config")
     result = run_stage(target, args.config, **_overrides(args.set))
-    if result is not None and getattr(result, "final_dir", None):
+    import os
+
+    if result is not None and getattr(result, "final_dir", None) and os.environ.get("RANK", "0") == "0":
         print(f"[{target}] done: {result.steps} steps; model in {result.final_dir}")
     return 0
