@@ -1,0 +1,219 @@
+"""Scaling ablations: nested subsets, guards, resume, result files — grid mechanics with a fake cell runner, and
+one small real grid (mixture build + SFT + eval) on the session's nano model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flanmix import ablation
+from flanmix.errors import FlanmixError
+
+POOL = {f"t{i:02d}": f"c{i % 5}" for i in range(20)}
+
+
+def write_spec(path: Path, **fields) -> Path:
+    spec = {"held_out": {"clusters": ["logic"]}, "task_counts": [1, 2, 4], "models": ["nano"], "seeds": [0],
+            "budget": {"steps": 2, "batch_size": 2, "max_length": 128}}
+    spec.update(fields)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- subsets
+
+def test_subsets_are_nested_and_seeded():
+    a = ablation.nested_subsets(POOL, [1, 2, 4, 8, 16], seed=0)
+    for small, big in zip([1, 2, 4, 8], [2, 4, 8, 16]):
+        assert len(a[small]) == small and set(a[small]) < set(a[big])
+    assert a == ablation.nested_subsets(POOL, [16, 8, 4, 2, 1], seed=0)
+    shuffled = dict(random.Random(3).sample(sorted(POOL.items()), len(POOL)))
+    assert a == ablation.nested_subsets(shuffled, [1, 2, 4, 8, 16], seed=0), "order must not depend on input order"
+    b = ablation.nested_subsets(POOL, [1, 2, 4, 8, 16], seed=1)
+    assert a != b and a[4] != b[4]
+
+
+def test_cluster_subsets_and_round_robin():
+    c = ablation.nested_subsets(POOL, [1, 2, 3], seed=0, axis="clusters")
+    assert len({POOL[t] for t in c[1]}) == 1 and len({POOL[t] for t in c[3]}) == 3
+    assert set(c[1]) < set(c[2]) < set(c[3])
+    assert all(sum(POOL[x] == POOL[t] for x in POOL) == sum(POOL[x] == POOL[t] for x in c[3]) for t in c[3])
+    rr = ablation.nested_subsets(POOL, [5], seed=0, how="round_robin")
+    assert len({POOL[t] for t in rr[5]}) == 5, "round robin spans every cluster first"
+    with pytest.raises(FlanmixError, match="exceeds the training pool"):
+        ablation.nested_subsets(POOL, [1, 21], seed=0)
+
+
+# ------------------------------------------------------------------------------------------------- guards
+
+def test_overlap_guard(tmp_path):
+    spec = write_spec(tmp_path / "a.yaml", pool=["cluster:arithmetic", "logic_order"])
+    with pytest.raises(FlanmixError, match="overlaps the held-out set: logic_order"):
+        ablation.run(spec, tmp_path / "out", runner=lambda c, x: {}, prepare=False)
+    spec = write_spec(tmp_path / "b.yaml", held_out={"clusters": ["logicc"]})
+    with pytest.raises(FlanmixError, match="did you mean logic"):
+        ablation.run(spec, tmp_path / "out", runner=lambda c, x: {}, prepare=False)
+
+
+def test_default_pool_excludes_held_out(tmp_path):
+    plan = ablation.make_plan(ablation.load_spec(write_spec(tmp_path / "a.yaml"))[0], tmp_path / "out")
+    assert plan.pool and not set(plan.pool) & set(plan.held_out)
+    assert set(plan.held_out.values()) == {"logic"} and "logic" not in plan.pool.values()
+
+
+def test_count_guard(tmp_path):
+    spec = write_spec(tmp_path / "a.yaml", pool=["cluster:arithmetic"], task_counts=[1, 6])
+    with pytest.raises(FlanmixError, match=r"tasks count 6 exceeds the training pool \(5 tasks\)"):
+        ablation.run(spec, tmp_path / "out", runner=lambda c, x: {}, prepare=False)
+
+
+def test_budget_guard(tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    spec, _ = ablation.load_spec(write_spec(tmp_path / "a.yaml", pool=["cluster:arithmetic"], task_counts=[1, 4],
+                                            budget={"steps": 5000, "batch_size": 32, "packing": False}))
+    plan = ablation.make_plan(spec, tmp_path / "out")
+    with pytest.raises(FlanmixError, match=r"2 cell\(s\) cannot fit the budget: e.g. n001-nano-s0") as err:
+        ablation.check_budget(plan, tok)
+    assert "budget.repeat" in str(err.value)
+    spec, _ = ablation.load_spec(write_spec(tmp_path / "b.yaml", pool=["cluster:arithmetic"], task_counts=[1, 4],
+                                            budget={"tokens": 10_000_000}))
+    with pytest.raises(FlanmixError, match="tokens budget"):
+        ablation.check_budget(ablation.make_plan(spec, tmp_path / "out"), tok)
+    spec, _ = ablation.load_spec(write_spec(tmp_path / "c.yaml", pool=["cluster:arithmetic"], task_counts=[1, 4],
+                                            budget={"tokens": 20_000}))
+    needs = ablation.check_budget(ablation.make_plan(spec, tmp_path / "out"), tok)
+    assert needs["n004-nano-s0"]["rows"] < needs["n004-nano-s0"]["supply_rows"]
+
+
+@pytest.mark.parametrize("text, match", [
+    ("held_out: {clusters: [logic]}\ntask_counts: [1]\nmodels: [nano]\nbudget: {steps: 2}\nbogus: 1\n",
+     r"a.yaml:5: bogus: unknown key"),
+    ("held_out: {clusters: [logic]}\ntask_counts: [1]\nmodels: [nano]\nbudget: {steps: 2, tokens: 5}\n",
+     r"a.yaml:4: budget: .*exactly one of steps or tokens"),
+    ("held_out: {clusters: [logic]}\ntask_counts: [1]\nmodels: [huge]\nbudget: {steps: 2}\n",
+     r"a.yaml:3: models\[0\]: .*unknown model size 'huge'"),
+    ("held_out: {clusters: [logic]}\ntask_counts: [1]\nmodels: [nano]\nbudget: {steps: 2}\n"
+     "mixture:\n  template_typez: {zs_opt: 1}\n", r"a.yaml:6: mixture.template_typez: unknown key"),
+    ("held_out: {clusters: [logic]}\ntask_counts: [1]\nmodels: [nano]\nbudget: {steps: 2}\n"
+     "train:\n  max_steps: 9\n", r"a.yaml:6: train.max_steps: set by the ablation"),
+    ("held_out: {clusters: [logic]}\ntask_counts: [1]\nmodels: [nano]\nbudget: {steps: 2}\n"
+     "train:\n  lr: -1\n", r"a.yaml:6: train.lr: "),
+    ("held_out: {clusters: [logic]}\ntask_counts: [1\n", r"a.yaml:\d+: malformed YAML"),
+])
+def test_bad_yaml_one_line_exit_2(tmp_path, capsys, text, match):
+    from flanmix.cli import main
+
+    spec = tmp_path / "a.yaml"
+    spec.write_text(text, encoding="utf-8")
+    with pytest.raises(FlanmixError, match=match):
+        ablation.load_spec(spec)
+    assert main(["ablate", str(spec), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("flanmix: error:") and "\n" not in err
+
+
+# ------------------------------------------------------------------------------------------------- grid mechanics
+
+def fake_runner(calls: list):
+    def runner(cell, ctx):
+        calls.append(cell.id)
+        base = 0.2 + 0.1 * cell.count ** 0.5 + (0.05 if cell.model == "tiny" else 0) + 0.01 * cell.seed
+        return {"heldout_score": base, "seen_score": base + 0.2, "heldout:logic": base, "steps": 2,
+                "train_tokens": 100 * cell.count, "model_params": 1000 if cell.model == "nano" else 4000}
+    return runner
+
+
+def test_results_resume_and_skip(tmp_path):
+    spec = write_spec(tmp_path / "a.yaml", models=["nano", "tiny"], seeds=[0, 1], baseline=True)
+    out = tmp_path / "out"
+    calls: list = []
+    res = ablation.run(spec, out, runner=fake_runner(calls))
+    assert len(calls) == 2 * (3 + 1) * 2 and not res["skipped"]
+    for name in ("results.csv", "results.jsonl", "results.md", "plot_tasks.png", "plot_size.png", "plan.json"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    with (out / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 16
+    assert set(ablation.BASE_COLUMNS) <= set(rows[0]) and "heldout:logic" in rows[0]
+    assert {r["count"] for r in rows} == {"0", "1", "2", "4"}
+    md = (out / "results.md").read_text()
+    assert "| tasks | model | params | held-out | seen |" in md and "±" in md and "0 (untrained)" in md
+    assert len((out / "results.jsonl").read_text().splitlines()) == 16
+
+    # rerun: everything complete -> nothing runs
+    calls.clear()
+    res = ablation.run(spec, out, runner=fake_runner(calls))
+    assert calls == [] and len(res["skipped"]) == 16
+    # a lost / half-written cell reruns alone
+    (out / "cells" / "n002-tiny-s1" / "result.json").unlink()
+    (out / "cells" / "n004-nano-s0" / "result.json").write_text("{trunc")
+    res = ablation.run(spec, out, runner=fake_runner(calls))
+    assert sorted(calls) == ["n002-tiny-s1", "n004-nano-s0"] and len(res["rows"]) == 16
+    # a changed budget changes every trained cell's hash: those rerun, the baselines do not
+    calls.clear()
+    spec = write_spec(tmp_path / "a.yaml", models=["nano", "tiny"], seeds=[0, 1], baseline=True,
+                      budget={"steps": 3, "batch_size": 2, "max_length": 128})
+    ablation.run(spec, out, runner=fake_runner(calls))
+    assert len(calls) == 16
+
+
+def test_interrupted_run_resumes(tmp_path):
+    spec = write_spec(tmp_path / "a.yaml")
+    out = tmp_path / "out"
+    calls: list = []
+
+    def dies_on_third(cell, ctx):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return fake_runner(calls)(cell, ctx)
+
+    with pytest.raises(KeyboardInterrupt):
+        ablation.run(spec, out, runner=dies_on_third)
+    assert calls == ["n001-nano-s0", "n002-nano-s0"]
+    assert not (out / "cells" / "n004-nano-s0" / "result.json").exists()
+    calls.clear()
+    res = ablation.run(spec, out, runner=fake_runner(calls))
+    assert calls == ["n004-nano-s0"] and len(res["skipped"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------- real cells
+
+def test_real_grid_end_to_end_and_resume(tmp_path, tiny_model_dir):
+    """Two real cells (1 and 2 tasks) on the nano model: mixture build, 3 SFT steps, held-out + seen eval."""
+    spec = write_spec(
+        tmp_path / "a.yaml", pool=["cluster:arithmetic"], task_counts=[1, 2], baseline=True,
+        models=[{"name": "nano", "path": str(tiny_model_dir)}],
+        budget={"steps": 3, "batch_size": 4, "max_length": 128},
+        held_out={"tasks": ["logic_order", "cls_parity"]},
+        mixture={"template_types": {"zs_opt": 1, "zs_noopt": 1}},
+        train={"lr": 3e-3},
+        eval={"limit": 4, "metrics": ["rank_classification"], "seen_limit": 2, "seen_metrics": ["exact_match"],
+              "batch_size": 8})
+    out = tmp_path / "out"
+    res = ablation.run(spec, out)
+    assert res["ran"] == ["base-nano-s0", "n001-nano-s0", "n002-nano-s0"]
+    rows = {r["cell"]: r for r in res["rows"]}
+    for cid in ("n001-nano-s0", "n002-nano-s0"):
+        r, cdir = rows[cid], out / "cells" / cid
+        assert r["steps"] == 3 and r["train_tokens"] > 0 and 0 <= r["heldout_score"] <= 1
+        assert r["seen_score"] is not None and set(r["heldout_task_scores"]) == {"logic_order", "cls_parity"}
+        manifest = json.loads((cdir / "mixture" / "manifest.json").read_text())
+        assert sorted({leaf["task"] for leaf in manifest["leaves"]}) == r["tasks"]
+        cfg = json.loads((cdir / "train_config.json").read_text())
+        assert cfg["max_steps"] == 3 and cfg["seed"] == 0 and cfg["lr"] == 3e-3
+        assert (cdir / "sft" / "sft_config.json").is_file() and (cdir / "eval_heldout.json").is_file()
+        assert not (cdir / "sft" / "final").exists(), "weights are dropped unless keep_models"
+    assert set(rows["n001-nano-s0"]["tasks"]) < set(rows["n002-nano-s0"]["tasks"])
+    assert rows["base-nano-s0"]["seen_score"] is None and rows["base-nano-s0"].get("steps") is None
+    assert (out / "plot_tasks.png").stat().st_size > 0
+
+    (out / "cells" / "n002-nano-s0" / "result.json").unlink()
+    res = ablation.run(spec, out)
+    assert res["ran"] == ["n002-nano-s0"] and len(res["skipped"]) == 2
