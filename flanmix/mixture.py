@@ -534,6 +534,20 @@ def _render_rows(state: _BuildState, lo: int, hi: int) -> tuple[dict[str, list],
     return cols, dropped
 
 
+def _warm_up_before_fork() -> None:
+    """Pay one-time costs once, in the parent, so forked workers inherit them: pyarrow's first string conversion
+    (it probes for pandas), and moving the loaded tasks and examples out of the garbage collector's sight (they
+    live for the whole build; scanning them again and again is wasted time, and touching them defeats fork's
+    copy-on-write sharing)."""
+    import gc
+
+    import pyarrow as pa
+
+    pa.array(["warm-up"], type=pa.string())
+    gc.collect()
+    gc.freeze()
+
+
 def _render_shard(index: int) -> dict:
     """Render plan chunk `index`, drop in-shard duplicates, write its shard file; return keys and counters."""
     from flanmix.dedup import first_occurrence_mask, row_keys
@@ -733,6 +747,7 @@ def build(spec: MixtureSpec | dict | str | Path, out_dir: str | Path, *, seed: i
     tmp = prepare_out_dir(out_dir, overwrite)
     state.tmp = tmp
     _STATE = state
+    _warm_up_before_fork()
     records: list[dict] = []
     counters = {"duplicates": 0, "decontaminated": 0}
     try:
@@ -778,6 +793,9 @@ def build(spec: MixtureSpec | dict | str | Path, out_dir: str | Path, *, seed: i
         raise
     finally:
         _STATE = None
+        import gc
+
+        gc.unfreeze()
     return Manifest(manifest, out_dir)
 
 
