@@ -73,9 +73,12 @@ def _numeric_perturbations(answer: str, rng: random.Random, n: int) -> list[str]
     return out
 
 
-def _text_edit(text: str, rng: random.Random) -> str:
+EDITS = {"mixed": range(6), "words": range(3), "chars": range(3, 6)}
+
+
+def _text_edit(text: str, rng: random.Random, edits: str = "mixed") -> str:
     words = text.split()
-    kind = rng.randrange(6)
+    kind = rng.choice(EDITS[edits])
     if kind == 0 and len(words) > 1:  # drop a word
         del words[rng.randrange(len(words))]
         return " ".join(words)
@@ -103,21 +106,25 @@ def _text_edit(text: str, rng: random.Random) -> str:
     return "".join(chars)
 
 
-def _text_perturbations(answer: str, rng: random.Random, n: int, max_edits: int = 3) -> list[str]:
+def _text_perturbations(answer: str, rng: random.Random, n: int, max_edits: int = 3,
+                        edits: str = "mixed") -> list[str]:
     out: list[str] = []
     tries = 0
     while len(out) < n and tries < 100:
         tries += 1
         cand = answer
         for _ in range(rng.randint(1, max_edits)):
-            cand = _text_edit(cand, rng)
+            cand = _text_edit(cand, rng, edits)
         if cand.strip() and cand.strip() != answer.strip() and cand not in out:
             out.append(cand)
     return out
 
 
-def perturb(answer: str, n: int, rng: random.Random) -> list[str]:
-    """Up to n distinct wrong answers near the correct one."""
+def perturb(answer: str, n: int, rng: random.Random, edits: str = "mixed") -> list[str]:
+    """Up to n distinct wrong answers near the correct one. Text answers get `edits`: word-level (drop, swap,
+    duplicate a word), character-level (substitute, delete, transpose/insert a character) or a mix."""
+    if edits not in EDITS:
+        raise FlanmixError(f"unknown edits {edits!r}", field="edits", expected=" | ".join(EDITS))
     if not answer.strip():
         raise FlanmixError("empty correct answer", field="answer")
     if _NUM.match(answer):
@@ -125,11 +132,11 @@ def perturb(answer: str, n: int, rng: random.Random) -> list[str]:
         lead = answer[: len(answer) - len(answer.lstrip())]
         trail = answer[len(answer.rstrip()):]
         return [lead + c + trail for c in _numeric_perturbations(answer.strip(), rng, n)]
-    return _text_perturbations(answer, rng, n)
+    return _text_perturbations(answer, rng, n, edits=edits)
 
 
 def preference_rows(examples: Iterable[tuple[str, str]], *, kind: str = "pairs", k: int = 4, seed: int = 0,
-                    margin: bool = False) -> list[dict]:
+                    margin: bool = False, edits: str = "mixed") -> list[dict]:
     """Pairs or k-way rankings from (prompt, correct answer) pairs.
 
     pairs: chosen = the answer, rejected = one perturbation (``margin`` adds log(1 + distance) as the pair margin).
@@ -146,7 +153,7 @@ def preference_rows(examples: Iterable[tuple[str, str]], *, kind: str = "pairs",
     for idx, (prompt, answer) in enumerate(examples):
         rng = random.Random(f"{seed}:{idx}")
         if kind == "pairs":
-            wrong = perturb(answer, 1, rng)
+            wrong = perturb(answer, 1, rng, edits)
             if not wrong:
                 continue
             row = {"prompt": prompt, "chosen": answer, "rejected": wrong[0]}
@@ -154,7 +161,7 @@ def preference_rows(examples: Iterable[tuple[str, str]], *, kind: str = "pairs",
                 row["margin"] = round(math.log1p(distance(answer, wrong[0])), 6)
             rows.append(row)
         else:
-            wrong = perturb(answer, 3 * k, rng)
+            wrong = perturb(answer, 3 * k, rng, edits)
             picked, seen = [], {0.0}
             for w in wrong:
                 d = distance(answer, w)
@@ -198,9 +205,10 @@ def task_examples(tasks: Sequence[str], *, n: int = 200, split: str = "train", s
 
 
 def rows_from_tasks(tasks: Sequence[str], *, n: int = 200, split: str = "train", kind: str = "pairs",
-                    k: int = 4, seed: int = 0, margin: bool = False, separator: str = " ") -> list[dict]:
+                    k: int = 4, seed: int = 0, margin: bool = False, separator: str = " ",
+                    edits: str = "mixed") -> list[dict]:
     """Verifiable preference rows for registered tasks. `separator` goes between prompt and response (the
     convention of the SFT rows, whose targets follow the inputs after a space)."""
     ex = [(p + separator if separator and not p.endswith((" ", "\n")) else p, a)
           for p, a in task_examples(tasks, n=n, split=split, seed=seed)]
-    return preference_rows(ex, kind=kind, k=k, seed=seed, margin=margin)
+    return preference_rows(ex, kind=kind, k=k, seed=seed, margin=margin, edits=edits)

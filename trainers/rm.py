@@ -74,7 +74,9 @@ def new_reward_model(path: str | Path, seed: int = 0, head_std: float | None = N
         config.pad_token_id = config.eos_token_id
     torch.manual_seed(seed)
     verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the "newly initialized score head" warning is expected here
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, config=config, local_files_only=True)
     except Exception as err:  # an architecture without a sequence-classification class, broken weights, ...
@@ -82,6 +84,8 @@ def new_reward_model(path: str | Path, seed: int = 0, head_std: float | None = N
                            field="model") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     head = scalar_head(model)
     if not is_reward_model_folder(path) and isinstance(head, torch.nn.Linear):
         std = head_std if head_std is not None else 1.0 / (config.hidden_size + 1) ** 0.5
@@ -111,7 +115,17 @@ def load_reward_model(path: str | Path):
     if not is_reward_model_folder(path):
         raise FlanmixError("reward model folder has no scalar head", file=path,
                            expected="a model saved by the rm stage (…ForSequenceClassification, num_labels=1)")
-    model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
+    except Exception as err:
+        raise FlanmixError(f"cannot load the reward model: {str(err).splitlines()[0][:200]}", file=path) from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     scalar_head(model)
     return model
 

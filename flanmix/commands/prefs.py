@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--kind", choices=["pairs", "rankings"], default="pairs")
     g.add_argument("--k", type=int, default=4, help="responses per ranking (default 4)")
     g.add_argument("--margin", action="store_true", help="add log(1 + distance) as the pair margin")
+    g.add_argument("--edits", choices=["mixed", "words", "chars"], default="mixed",
+                   help="how text answers are perturbed (default: a mix of word and character edits)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", required=True, help="output .jsonl")
     g.set_defaults(func=_generate)
@@ -77,10 +79,10 @@ def _generate(args: argparse.Namespace) -> int:
         raise FlanmixError("--n must be >= 1 and --k >= 2", field="n")
     if args.tasks:
         rows = rows_from_tasks(args.tasks, n=args.n, split=args.split, kind=args.kind, k=args.k, seed=args.seed,
-                               margin=args.margin)
+                               margin=args.margin, edits=args.edits)
     else:
         rows = preference_rows(_read_examples(args.from_file), kind=args.kind, k=args.k, seed=args.seed,
-                               margin=args.margin)
+                               margin=args.margin, edits=args.edits)
     if not rows:
         raise FlanmixError("no preference rows could be made", field="tasks")
     n = write_rows(rows, args.out)
