@@ -170,6 +170,7 @@ class EvalItem:
     example_id: str = ""
     cot: bool = False
     budget_text: str | None = None     # the longest text a good answer needs (sets the generation budget)
+    alternatives: tuple[str, ...] = ()  # further accepted answers (BIG-bench lists several targets)
 
 
 @dataclass
@@ -445,6 +446,74 @@ def mmlu_eval_sets(spec: str, *, split: str = "validation", shots: int = 0, choi
     return sets
 
 
+# --------------------------------------------------------------------------------------------------- BIG-bench
+
+def _bigbench_files(spec: str) -> list[Path]:
+    path = Path(spec)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = [path / "task.json"] if (path / "task.json").is_file() else sorted(path.glob("*/task.json"))
+        if files:
+            return files
+        raise FlanmixError("no BIG-bench task.json files in folder", file=path,
+                           expected="DIR/task.json or DIR/<task>/task.json")
+    raise FlanmixError("BIG-bench path not found", file=spec, expected="a BIG-bench task folder or task.json")
+
+
+def bigbench_eval_sets(spec: str, *, limit: int | None = None, choice_prefix: str = " ") -> list[EvalSet]:
+    """BIG-bench JSON tasks (cluster `bigbench`), prompted as BIG-bench's `json_task` does.
+
+    Prompt: task_prefix + example_input_prefix ("\nQ: ") + input, the choices ("\n  choice: X") when
+    `append_choices_to_input` (default true), then example_output_prefix ("\nA: ", trailing space moved into the
+    options). Examples with `target_scores` are ranked (`rank_classification`, correct = highest score); examples
+    with only `target` (a string or a list of accepted strings) are exact-matched on the first generated line.
+    """
+    sets = []
+    for path in _bigbench_files(spec):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise FlanmixError(f"cannot read BIG-bench task: {err}", file=path) from None
+        examples = data.get("examples") if isinstance(data, dict) else None
+        if not isinstance(examples, list):
+            raise FlanmixError("not a BIG-bench JSON task", file=path, expected='{"examples": [...]}')
+        name = str(data.get("name") or path.parent.name)
+        prefix = data.get("task_prefix") or ""
+        in_prefix = data.get("example_input_prefix", "\nQ: ")
+        out_prefix = (data.get("example_output_prefix", "\nA: ") or "").rstrip()
+        append = data.get("append_choices_to_input", True) is not False
+        items, notes = [], []
+        for i, ex in enumerate(examples[:limit] if limit is not None else examples):
+            if not str(ex.get("input", "")).strip():
+                continue
+            scores = ex.get("target_scores")
+            body = prefix + in_prefix + str(ex["input"])
+            if isinstance(scores, dict) and scores:
+                options = [str(o) for o in scores]
+                best = max(range(len(options)), key=lambda k: float(scores[options[k]]))
+                if append:
+                    body += "".join(f"\n  choice: {o}" for o in options)
+                ranked = [choice_prefix + o for o in options]
+                items.append(EvalItem((body + out_prefix).lstrip("\n"), ranked[best], ("rank_classification",),
+                                      ranked, best, (), f"{name}-{i}"))
+            else:
+                targets = ex.get("target")
+                targets = [targets] if isinstance(targets, str) else [str(t) for t in targets or []]
+                if not targets:
+                    continue
+                items.append(EvalItem((body + out_prefix).lstrip("\n"), targets[0], ("exact_match",), None, None,
+                                      ("\n",), f"{name}-{i}", alternatives=tuple(targets[1:])))
+        kinds = {it.metrics[0] for it in items}
+        if len(kinds) > 1:
+            notes.append("mixed multiple-choice and generative examples")
+        primary = "rank_classification" if "rank_classification" in kinds else "exact_match"
+        if not items:
+            notes.append("no examples with an input")
+        sets.append(EvalSet(f"bigbench.{name}", "bigbench", "bigbench", items, primary, {"file": str(path)}, notes))
+    return sets
+
+
 # ------------------------------------------------------------------------------------------------ task specs
 
 def build_eval_sets(specs: Sequence[str], *, registry_dirs: Iterable[str | Path] = (), split: str = "validation",
@@ -452,7 +521,8 @@ def build_eval_sets(specs: Sequence[str], *, registry_dirs: Iterable[str | Path]
                     template_idx: int | None = None, bbh_cot: bool = False, bbh_shots: int = 3,
                     mmlu_shots: int = 0, mmlu_choices: str = "letters", mmlu_choice_prefix: str = " ",
                     metrics: Sequence[str] | None = None) -> list[EvalSet]:
-    """Resolve `--tasks` specs (task names, globs, `cluster:NAME`, `bbh:PATH`, `mmlu:DIR`) to eval sets."""
+    """Resolve `--tasks` specs (task names, globs, `cluster:NAME`, `bbh:PATH`, `mmlu:DIR`, `bigbench:DIR`) to eval
+    sets."""
     if split not in SPLITS:
         raise FlanmixError(f"unknown split {split!r}", field="split", expected=" | ".join(SPLITS))
     if limit is not None and limit < 1:
@@ -479,6 +549,8 @@ def build_eval_sets(specs: Sequence[str], *, registry_dirs: Iterable[str | Path]
     for spec in specs:
         if spec.startswith("bbh:"):
             add(_keep(bbh_eval_sets(spec[4:], cot=bbh_cot, shots=bbh_shots, limit=limit), metrics))
+        elif spec.startswith("bigbench:"):
+            add(_keep(bigbench_eval_sets(spec[9:], limit=limit), metrics))
         elif spec.startswith("mmlu:"):
             add(_keep(mmlu_eval_sets(spec[5:], split=split, shots=mmlu_shots, choices=mmlu_choices,
                                      choice_prefix=mmlu_choice_prefix, limit=limit), metrics))
@@ -546,11 +618,14 @@ class ModelScorer:
         class _Ctx:
             def __enter__(self):
                 self.old = scorer._torch.get_num_threads()
+                self.training = scorer.model.training  # a model handed over mid-training goes back as it came
+                scorer.model.eval()
                 if scorer.threads:
                     scorer._torch.set_num_threads(scorer.threads)
 
             def __exit__(self, *exc):
                 scorer._torch.set_num_threads(self.old)
+                scorer.model.train(self.training)
 
         return _Ctx()
 
@@ -593,8 +668,9 @@ def item_metrics(item: EvalItem, generation: str | None = None,
     out: dict[str, float] = {}
     if generation is not None:
         if "exact_match" in item.metrics:
-            out["exact_match_strict"] = float(generation.strip() == item.reference.strip())
-            out["exact_match"] = float(answers_match(generation, item.reference))
+            refs = (item.reference, *item.alternatives)
+            out["exact_match_strict"] = float(any(generation.strip() == r.strip() for r in refs))
+            out["exact_match"] = float(any(answers_match(generation, r) for r in refs))
         if "contains" in item.metrics:
             out["contains"] = float(normalize(item.reference) in normalize(generation))
         if "cot_exact_match" in item.metrics:

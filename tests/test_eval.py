@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from flanmix.eval import (EvalItem, aggregate, answers_match, bbh_eval_sets, build_eval_sets, evaluate,
+from flanmix.eval import (EvalItem, aggregate, answers_match, bbh_eval_sets, bigbench_eval_sets, build_eval_sets,
+                          evaluate,
                           extract_answer, item_metrics, load_bbh, load_bbh_cot_prompt, load_mmlu_csv, mmlu_eval_sets,
                           normalize)
 
@@ -201,6 +202,19 @@ def test_mmlu_loaders_on_shared_data(shared_data):
     assert text.name == "mmlu.anatomy" and len(text.items) == 3 and len(text.items[0].options[0]) > 3
 
 
+def test_bigbench_loader_on_shared_data(shared_data):
+    sets = {s.name: s for s in bigbench_eval_sets(str(shared_data / "eval" / "bigbench"))}
+    assert len(sets) == 12 and all(s.cluster == "bigbench" for s in sets.values())
+    gk = sets["bigbench.general_knowledge"]
+    assert gk.primary == "rank_classification" and len(gk.items) == 70
+    item = gk.items[0]
+    assert item.prompt == ("Q: How many legs do horses have?\n  choice: two\n  choice: four\n  choice: six\n"
+                           "  choice: three\n  choice: one\n  choice: none\nA:")
+    assert item.options[item.answer_index] == " four"
+    assert sets["bigbench.auto_debugging"].primary == "exact_match"
+    assert sum(len(s.items) for s in sets.values()) >= 800
+
+
 # ------------------------------------------------------------------------------------------- anchors and CLI
 
 class OracleScorer:
@@ -232,9 +246,10 @@ class OracleScorer:
 
 
 def test_perfect_model_scores_one_on_every_bundled_task_and_bbh(shared_data):
-    specs = ["*", f"bbh:{shared_data / 'eval' / 'bbh'}"]
+    specs = ["*", f"bbh:{shared_data / 'eval' / 'bbh'}", f"bigbench:{shared_data / 'eval' / 'bigbench'}",
+             f"mmlu:{shared_data / 'eval' / 'mmlu'}"]
     sets = build_eval_sets(specs, limit=5, bbh_cot=True)
-    assert {s.cluster for s in sets} >= {"arithmetic", "bbh"} and len({s.cluster for s in sets}) >= 7
+    assert {s.cluster for s in sets} >= {"arithmetic", "bbh", "mmlu", "bigbench"} and len({s.cluster for s in sets}) >= 9
     report = evaluate(OracleScorer(sets), specs, limit=5, bbh_cot=True)
     for name, task in report["tasks"].items():
         for metric, value in task["metrics"].items():
