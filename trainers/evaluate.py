@@ -102,7 +102,7 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], *, max_new_tokens:
     Prompts are sorted by length and left-padded in batches; the result equals running each prompt alone.
     """
     n = len(prompts)
-    if stop is None or (len(stop) > 0 and isinstance(stop[0], str)):
+    if not stop or isinstance(stop[0], str):
         stops: list[tuple[str, ...]] = [tuple(stop or ())] * n  # type: ignore[arg-type]
     else:
         if len(stop) != n:
@@ -284,6 +284,8 @@ def option_logprobs(model, tokenizer, prompts: Sequence[str], options_per_prompt
     batch: list[int] = []
     n_seq = width = 0
     for i in order + [-1]:
+        if i < 0 and not batch:
+            break
         if i >= 0:
             p_ids, opts = encoded[i]
             new_width = max(width, len(p_ids) + max(len(o) for o in opts))
