@@ -563,7 +563,8 @@ def build_eval_sets(specs: Sequence[str], *, registry_dirs: Iterable[str | Path]
             if not tasks:
                 raise FlanmixError(f"no task matches {spec!r}", field="tasks")
             add(task_eval_set(t, split="validation" if split == "test" else split, variant=variant, limit=limit,
-                              seed=seed, template_idx=template_idx, metrics=metrics) for t in tasks if t.name not in seen)
+                              seed=seed, template_idx=template_idx, metrics=metrics)
+                for t in tasks if t.name not in seen)
     return sets
 
 
@@ -794,7 +795,8 @@ def evaluate(model: Any, tasks: Sequence[str], *, split: str = "validation", var
 
     `model` is a model folder, a `(model, tokenizer)` pair already in memory, or a `Scorer`. `tasks` are
     specs as for `flanmix eval --tasks`: names, globs, `cluster:NAME`, `bbh:PATH_OR_DIR`, `mmlu:DIR`. `metrics`
-    restricts which of each task's metrics are computed (default: all its spec lists).
+    restricts which of each task's metrics are computed (default: all its spec lists). `tasks` may also be a list
+    of `EvalSet`s from `build_eval_sets`, to render once and evaluate many models.
     """
     t0 = time.perf_counter()
     model_desc = str(model) if isinstance(model, (str, Path)) else type(model).__name__
@@ -802,9 +804,13 @@ def evaluate(model: Any, tasks: Sequence[str], *, split: str = "validation", var
         from trainers.models import check_model_dir
 
         check_model_dir(model)  # fail on a bad folder before the (slower) task rendering
-    sets = build_eval_sets(tasks, registry_dirs=registry_dirs, split=split, variant=variant, limit=limit, seed=seed,
-                           template_idx=template_idx, bbh_cot=bbh_cot, bbh_shots=bbh_shots, mmlu_shots=mmlu_shots,
-                           mmlu_choices=mmlu_choices, mmlu_choice_prefix=mmlu_choice_prefix, metrics=metrics)
+    if tasks and all(isinstance(t, EvalSet) for t in tasks):
+        sets = list(tasks)  # built once by the caller (an ablation grid evaluates many models on one set)
+    else:
+        sets = build_eval_sets(tasks, registry_dirs=registry_dirs, split=split, variant=variant, limit=limit,
+                               seed=seed, template_idx=template_idx, bbh_cot=bbh_cot, bbh_shots=bbh_shots,
+                               mmlu_shots=mmlu_shots, mmlu_choices=mmlu_choices,
+                               mmlu_choice_prefix=mmlu_choice_prefix, metrics=metrics)
     t_build = time.perf_counter() - t0
     if isinstance(model, (str, Path)):
         scorer: Any = ModelScorer(model, batch_size=batch_size, include_eos=include_eos, threads=threads)
@@ -818,7 +824,7 @@ def evaluate(model: Any, tasks: Sequence[str], *, split: str = "validation", var
               "total_s": round(time.perf_counter() - t0, 3)}
     if hasattr(scorer, "timing"):
         timing.update(scorer.timing())
-    report = {"model": model_desc, "tasks_spec": list(tasks),
+    report = {"model": model_desc, "tasks_spec": [t.name if isinstance(t, EvalSet) else t for t in tasks],
               "settings": {"split": split, "variant": variant, "limit": limit, "seed": seed,
                            "template_idx": template_idx, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
                            "bbh_cot": bbh_cot, "bbh_shots": bbh_shots, "mmlu_shots": mmlu_shots,
