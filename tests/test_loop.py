@@ -154,3 +154,21 @@ def test_stage_made_batches_resume(tmp_path):
     shutil.copytree(tmp_path / "s" / "checkpoints" / "step-4", crashed / "checkpoints" / "step-4")
     again = _losses(train(StreamStage(), _cfg(tmp_path, "s2", save_every=2, max_steps=6, grad_accum=1)))
     assert again == ref[4:]
+
+
+def test_length_grouped_stream_is_a_seeded_permutation_with_similar_lengths():
+    from trainers.loop import IndexStream
+
+    rng = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 200, (1000,), generator=rng).tolist()
+    s = IndexStream(1000, seed=5, lengths=lengths, group=8)
+    first = s.take(0, 1000)
+    assert sorted(first) == list(range(1000))
+    assert IndexStream(1000, seed=5, lengths=lengths, group=8).take(0, 1000) == first
+    assert s.take(1000, 1000) != first  # a new epoch, a new order
+    spread = [max(lengths[i] for i in first[k:k + 8]) - min(lengths[i] for i in first[k:k + 8])
+              for k in range(0, 1000, 8)]
+    plain = IndexStream(1000, seed=5).take(0, 1000)
+    spread_plain = [max(lengths[i] for i in plain[k:k + 8]) - min(lengths[i] for i in plain[k:k + 8])
+                    for k in range(0, 1000, 8)]
+    assert sum(spread) * 5 < sum(spread_plain)

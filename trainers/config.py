@@ -38,6 +38,7 @@ class LoopSettings(BaseModel):
     max_grad_norm: Optional[float] = Field(1.0, ge=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
+    group_by_length: bool = False
     eval_every: int = Field(0, ge=0)
     eval_batch_size: Optional[int] = Field(None, ge=1)
     save_every: int = Field(0, ge=0)

@@ -101,6 +101,7 @@ class LoopConfig:
     max_grad_norm: float | None = 1.0     # None or 0: no clipping
     mixed_precision: str = "auto"         # auto (bf16 on a GPU that has it, else fp32) | no | bf16 | fp16
     gradient_checkpointing: bool = False
+    group_by_length: bool = False         # steps of similar-length rows (needs stage.lengths()); less padding
     eval_every: int = 0                   # steps; 0: only at the end (if the stage has eval data)
     eval_batch_size: int | None = None
     save_every: int = 0                   # steps; 0: only the final checkpoint
@@ -205,24 +206,56 @@ class IndexStream:
     """Row indices of a map-style dataset as an endless stream of seeded per-epoch permutations.
 
     The rows of global step s are positions [s*G, (s+1)*G): a pure function of (seed, position), so resuming only
-    needs the position.
+    needs the position. With `lengths` and `group` (= G), each epoch's permutation is length-grouped: it is cut
+    into windows of GROUP_WINDOW steps, each window is sorted by length and cut into steps, and the steps of a
+    window are shuffled, so a step holds rows of similar length (little padding) while the epoch stays random.
     """
 
-    def __init__(self, n: int, seed: int):
+    GROUP_WINDOW = 32
+
+    def __init__(self, n: int, seed: int, lengths: Sequence[int] | None = None, group: int = 0):
         self.n, self.seed = n, seed
+        self.lengths, self.group = lengths, group
         self._epoch, self._perm = -1, None
 
-    def perm(self, epoch: int) -> torch.Tensor:
+    def perm(self, epoch: int) -> list[int]:
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+            perm = torch.randperm(self.n, generator=g).tolist()
+            if self.lengths is not None and self.group > 0:
+                perm = self._grouped(perm, g)
+            self._epoch, self._perm = epoch, perm
         return self._perm
+
+    def _grouped(self, perm: list[int], g: torch.Generator) -> list[int]:
+        out: list[int] = []
+        window = self.group * self.GROUP_WINDOW
+        for start in range(0, len(perm), window):
+            chunk = sorted(perm[start:start + window], key=lambda i: -self.lengths[i])
+            steps = [chunk[k:k + self.group] for k in range(0, len(chunk), self.group)]
+            for j in torch.randperm(len(steps), generator=g).tolist():
+                out.extend(steps[j])
+        return out
 
     def take(self, start: int, count: int) -> list[int]:
         out = []
         for p in range(start, start + count):
-            out.append(int(self.perm(p // self.n)[p % self.n]))
+            out.append(self.perm(p // self.n)[p % self.n])
         return out
+
+
+def _adamw(groups: list[dict], cfg: LoopConfig) -> torch.optim.Optimizer:
+    """AdamW, fused where torch has a fused kernel for the parameters' device (CPU and CUDA): the per-parameter
+    Python loop of the default CPU implementation costs about as much as a tiny model's backward pass."""
+    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    devices = {p.device.type for g in groups for p in g["params"]}
+    dtypes = {p.dtype for g in groups for p in g["params"]}
+    if devices <= {"cpu", "cuda"} and dtypes <= {torch.float32, torch.float16, torch.bfloat16}:
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, ValueError):  # older torch without a fused kernel for this device
+            pass
+    return torch.optim.AdamW(groups, **kwargs)
 
 
 def _resolve_mixed_precision(mode: str) -> str:
@@ -345,7 +378,7 @@ def train(stage, cfg: LoopConfig) -> TrainResult:
 
     groups = stage.param_groups(model) if hasattr(stage, "param_groups") else None
     groups = groups or param_groups(model, cfg.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    optimizer = _adamw(groups, cfg)
 
     # -- data: a map-style dataset the loop batches, or micro-batches the stage makes itself
     own_batches = hasattr(stage, "batches")
@@ -411,7 +444,9 @@ def train(stage, cfg: LoopConfig) -> TrainResult:
     if hasattr(stage, "setup"):
         stage.setup(ctx)
 
-    stream = IndexStream(len(dataset), cfg.seed) if dataset is not None else None
+    stream = None
+    if dataset is not None:
+        stream = IndexStream(len(dataset), cfg.seed, lengths if cfg.group_by_length else None, global_rows)
     batch_iter: Iterator[dict] | None = iter(stage.batches(ctx)) if own_batches else None
     count_fn = getattr(stage, "count", default_count)
 
@@ -551,7 +586,8 @@ def train(stage, cfg: LoopConfig) -> TrainResult:
                 win_tokens_all = win_tokens
             vals = (vals / win_steps).tolist()
             record = {"step": step, "loss": vals[0], "lr": scheduler.get_last_lr()[0],
-                      "tokens_per_s": win_tokens_all / max(elapsed, 1e-9),
+                      "tokens_per_s": win_tokens_all / max(elapsed, 1e-9), "tokens": win_tokens_all,
+                      "time_s": elapsed,
                       "epoch": (position / len(dataset)) if dataset is not None else None}
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)

@@ -42,6 +42,7 @@ class SFTConfig(LoopSettings):
     packing_mask: Literal["position_ids", "4d"] = "position_ids"
     attn_implementation: Optional[str] = None    # e.g. sdpa | eager | flash_attention_2
     lr: float = Field(1e-3, gt=0)
+    group_by_length: bool = True                 # unpacked: batches of similar length, little padding
 
 
 def token_loss(model, batch: dict, *, select: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
