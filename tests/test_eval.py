@@ -302,3 +302,29 @@ def test_cli_errors_are_one_line(tiny_model_dir, tmp_path, capsys):
     assert "BBH path not found" in capsys.readouterr().err
     assert main(["eval", str(tiny_model_dir), "--tasks", "arith_add", "--metrics", "bleu"]) == 2
     assert "unknown metric" in capsys.readouterr().err
+
+
+def test_model_memorising_its_eval_rows_through_sft_scores_one(tiny_model_dir, tmp_path):
+    """The model-trick anchor: SFT (trainers.sft, the project's own join of prompt and target) on the very eval
+    rows makes the tiny model reproduce them, so eval must read 1.0 -- which it only does if eval tokenizes prompt
+    and target exactly as training does."""
+    import torch
+
+    from trainers.sft import train
+
+    sets = build_eval_sets(["arith_add", "cls_parity"], limit=4, metrics=["exact_match", "rank_classification"])
+    rows = [{"inputs": it.prompt, "targets": it.reference} for s in sets for it in s.items]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: a second thread only adds contention
+    try:
+        result = train({"model": str(tiny_model_dir), "data": str(data), "output_dir": str(tmp_path / "run"),
+                        "max_steps": 60, "lr": 5e-3, "batch_size": 8, "warmup_steps": 5, "progress": False,
+                        "tensorboard": False})
+    finally:
+        torch.set_num_threads(threads)
+    report = evaluate(result.final_dir, sets)
+    for name, task in report["tasks"].items():
+        assert task["metrics"]["exact_match_strict"] == 1.0, (name, task["samples"])
+        assert task["metrics"]["rank_classification"] == 1.0, name
