@@ -252,7 +252,7 @@ class PPOStage:
                                            ctx.unwrapped.critic if ctx is not None else self.model.critic,
                                            ctx.device if ctx is not None else torch.device("cpu"))
                 if ctx is not None:
-                    ctx.log({f"rollout/{k}": v for k, v in self.history[-1].items()})
+                    ctx.log({"step": ctx.step, **{f"rollout/{k}": v for k, v in self.history[-1].items()}})
                 self.order = self._minibatch_order()
                 self.pos = 0
             idx = self.order[self.pos]
@@ -281,6 +281,23 @@ class PPOStage:
             loss = loss + self.ptx_coef * ptx
             metrics["ptx_loss"] = ptx.item()
         return loss, metrics
+
+    @torch.no_grad()
+    def evaluate(self, ctx=None, n: int = 64) -> dict:
+        """Mean raw reward and KL (nats/sequence) of fresh samples for the first n prompts, with a fixed seed
+        and the global RNG left untouched (so evaluating does not change the training run)."""
+        actor = ctx.unwrapped.actor if ctx is not None else self.model.actor
+        critic = ctx.unwrapped.critic if ctx is not None else self.model.critic
+        device = ctx.device if ctx is not None else torch.device("cpu")
+        saved = (self.rollout_idx, self.rollout_batch_size, list(self.history), self.moments.state_dict())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + 12345)
+            self.rollout_idx, self.rollout_batch_size = 0, min(n, len(self.prompts))
+            self.rollout(actor, critic, device)
+            stats = self.history[-1]
+        self.rollout_idx, self.rollout_batch_size, self.history = saved[0], saved[1], saved[2]
+        self.moments.load_state_dict(saved[3])
+        return {"eval_reward": stats["reward"], "eval_kl": stats["kl"], "eval_length": stats["length"]}
 
     def save(self, ctx, out_dir: Path) -> None:
         model = ctx.accelerator.unwrap_model(ctx.model) if ctx is not None else self.model
