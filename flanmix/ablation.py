@@ -170,6 +170,8 @@ class AblationSpec(_Strict):
     preference: Optional[PreferenceSettings] = None
     eval: EvalSettings = Field(default_factory=EvalSettings)
     keep_models: bool = Field(False, description="keep each cell's trained weights (otherwise deleted after eval)")
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (1 is fastest on a busy machine)")
+    jobs: int = Field(1, ge=1, description="cells run at once (worker processes; use with threads: 1)")
 
     @model_validator(mode="after")
     def _check(self) -> "AblationSpec":
@@ -345,9 +347,30 @@ class Plan:
     cells: list[Cell]
     models: dict[str, ModelEntry]
     notes: list[str] = field(default_factory=list)
+    _chance: Any = None
 
     def cell_dir(self, cell: Cell) -> Path:
         return self.out / "cells" / cell.id
+
+    def chance(self) -> float | None:
+        """Held-out score of uniform guessing among the answer options (rank classification items only), averaged
+        the way `heldout_score` is (tasks -> clusters -> mean); None when no held-out item has options."""
+        if self._chance is None:
+            from flanmix.eval import task_eval_set
+
+            e = self.spec.eval
+            by_cluster: dict[str, list[float]] = {}
+            for name in sorted(self.held_out):
+                task = self.registry.get(name)
+                items = task_eval_set(task, split="validation", variant=e.variant, limit=e.limit,
+                                      metrics=e.metrics).items
+                ranked = [1 / len(it.options) for it in items
+                          if "rank_classification" in it.metrics and it.options]
+                if ranked and all("rank_classification" in it.metrics for it in items):
+                    by_cluster.setdefault(task.cluster, []).append(sum(ranked) / len(ranked))
+            self._chance = (statistics.fmean(statistics.fmean(v) for v in by_cluster.values())
+                            if by_cluster else float("nan"))
+        return None if math.isnan(self._chance) else self._chance
 
 
 def _resolve_registry(spec: AblationSpec, base: Path, registry_dirs: Sequence[str]) -> tuple[Any, list[str]]:
@@ -619,12 +642,14 @@ def model_params(path: Path) -> int | None:
 
 def run(spec: AblationSpec | str | Path, out: str | Path, *, runner: Runner | None = None,
         registry_dirs: Sequence[str] = (), only: str | None = None, dry_run: bool = False,
-        prepare: bool | None = None, log: Callable[[str], None] = _stderr) -> dict:
+        prepare: bool | None = None, threads: int | None = None, jobs: int | None = None,
+        log: Callable[[str], None] = _stderr) -> dict:
     """Run (or resume) an ablation grid into `out`; returns {"plan", "rows", "ran", "skipped"}.
 
     `runner` defaults to `run_cell` (real mixture build, SFT, eval). `only` is a glob over cell ids. With
     `dry_run` the plan and guards run but no cell. `prepare` (default: only with the real runner) creates the
-    ladder models and runs the token-based budget guard.
+    ladder models and runs the token-based budget guard. `threads` (default: the spec's) sets torch's CPU threads;
+    `jobs` (default: the spec's) runs that many cells at once in worker processes (real runner only).
     """
     spec_file = None
     if isinstance(spec, (str, Path)):
@@ -645,13 +670,17 @@ def run(spec: AblationSpec | str | Path, out: str | Path, *, runner: Runner | No
     out.mkdir(parents=True, exist_ok=True)
     model_dirs: dict[tuple[str, int], Path] = {}
     needs: dict[str, dict] = {}
+    if real and (threads or spec.threads):
+        import torch
+
+        torch.set_num_threads(threads or spec.threads)
     if prepare:
         model_dirs = prepare_models(plan, log=log)
         first = model_dirs[(spec.models[0].name, spec.seeds[0])]
         needs = check_budget(plan, _tokenizer_for(first))
     _write_json_atomic(out / "plan.json", {
         "spec": spec.model_dump(mode="json"), "spec_file": str(spec_file) if spec_file else None,
-        "pool": plan.pool, "held_out": plan.held_out,
+        "pool": plan.pool, "held_out": plan.held_out, "heldout_chance": plan.chance() if prepare else None,
         "cells": [{**asdict(c), "needs": needs.get(c.id)} for c in plan.cells]})
     if dry_run:
         for c in cells:
@@ -661,32 +690,87 @@ def run(spec: AblationSpec | str | Path, out: str | Path, *, runner: Runner | No
         return {"plan": plan, "rows": [], "ran": [], "skipped": []}
     ran, skipped = [], []
     t_start = time.perf_counter()
-    for i, cell in enumerate(cells, 1):
+    todo = []
+    for cell in cells:
         if read_result(plan, cell) is not None:
             skipped.append(cell.id)
-            continue
-        cdir = plan.cell_dir(cell)
-        cdir.mkdir(parents=True, exist_ok=True)
-        ctx = Context(plan, cdir, model_dirs.get((cell.model, cell.seed)), needs.get(cell.id), log)
-        log(f"cell {i}/{len(cells)} {cell.id}: {len(cell.tasks)} tasks ({', '.join(cell.tasks[:4])}"
-            f"{' ...' if len(cell.tasks) > 4 else ''})")
-        t0 = time.perf_counter()
-        metrics = runner(cell, ctx)
+        else:
+            todo.append(cell)
+
+    def finish(cell: Cell, metrics: dict, seconds: float) -> None:
         result = {"cell": cell.id, "cell_hash": cell.hash, "seed": cell.seed, "axis": spec.axis,
                   "count": cell.count, "n_tasks": len(cell.tasks), "model": cell.model,
                   "templates_per_task": cell.templates, "cot_share": cell.cot, "subset_seed": cell.subset_seed,
-                  "tasks": cell.tasks, "clusters": cell.clusters, **metrics,
-                  "seconds": round(time.perf_counter() - t0, 2)}
-        _write_json_atomic(cdir / "result.json", result)
+                  "tasks": cell.tasks, "clusters": cell.clusters, **metrics, "seconds": round(seconds, 2)}
+        _write_json_atomic(plan.cell_dir(cell) / "result.json", result)
         ran.append(cell.id)
-        log(f"  -> held-out {_f(result.get('heldout_score'))}, seen {_f(result.get('seen_score'))} "
-            f"({result['seconds']:.0f}s; {time.perf_counter() - t_start:.0f}s so far)")
+        log(f"done {cell.id} ({len(ran)}/{len(todo)}): held-out {_f(result.get('heldout_score'))}, seen "
+            f"{_f(result.get('seen_score'))} ({seconds:.0f}s; {time.perf_counter() - t_start:.0f}s so far)")
         write_reports(plan, plots=False)  # tables track progress; plots once at the end
+
+    def announce(cell: Cell) -> None:
+        plan.cell_dir(cell).mkdir(parents=True, exist_ok=True)
+        log(f"cell {cell.id}: {len(cell.tasks)} tasks ({', '.join(cell.tasks[:4])}"
+            f"{' ...' if len(cell.tasks) > 4 else ''})")
+
+    jobs = max(1, jobs or spec.jobs)
+    if jobs > 1 and real and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        init = (spec.model_dump(mode="json"), str(spec_file) if spec_file else None, str(out), list(registry_dirs),
+                threads or spec.threads or 1)
+        # spawn, not fork: a forked torch with live thread pools can deadlock.
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                                 initargs=init) as pool:
+            pending = {}
+            for cell in todo:
+                announce(cell)
+                fut = pool.submit(_work, cell.id, str(model_dirs[(cell.model, cell.seed)]), needs.get(cell.id))
+                pending[fut] = cell
+            try:
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        cell = pending.pop(fut)
+                        metrics, seconds = fut.result()
+                        finish(cell, metrics, seconds)
+            except BaseException:
+                for fut in pending:
+                    fut.cancel()
+                raise
+    else:
+        for cell in todo:
+            announce(cell)
+            ctx = Context(plan, plan.cell_dir(cell), model_dirs.get((cell.model, cell.seed)), needs.get(cell.id),
+                          log)
+            t0 = time.perf_counter()
+            metrics = runner(cell, ctx)
+            finish(cell, metrics, time.perf_counter() - t0)
     if skipped:
         log(f"skipped {len(skipped)} complete cell(s)")
     rows = write_reports(plan)
     log(f"results in {out}/results.md ({len(rows)} cells)")
     return {"plan": plan, "rows": rows, "ran": ran, "skipped": skipped}
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(spec: dict, spec_file: str | None, out: str, registry_dirs: list[str], threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER["plan"] = make_plan(AblationSpec.model_validate(spec), out, spec_file=spec_file,
+                                registry_dirs=registry_dirs)
+
+
+def _work(cell_id: str, model_dir: str, needs: dict | None) -> tuple[dict, float]:
+    plan: Plan = _WORKER["plan"]
+    cell = next(c for c in plan.cells if c.id == cell_id)
+    t0 = time.perf_counter()
+    metrics = run_cell(cell, Context(plan, plan.cell_dir(cell), Path(model_dir), needs, _stderr))
+    return metrics, time.perf_counter() - t0
 
 
 def _f(x: Any) -> str:
@@ -731,7 +815,7 @@ def _evaluate(plan: Plan, model_dir: Path, tasks: Sequence[str], out: Path, *, s
     metrics = (e.seen_metrics or e.metrics) if seen else e.metrics
     return evaluate(str(model_dir), list(tasks), split="validation", variant=e.variant, limit=limit,
                     batch_size=e.batch_size, max_new_tokens=e.max_new_tokens, registry_dirs=plan.registry_dirs,
-                    metrics=metrics, samples=2, out=out)
+                    metrics=metrics, samples=2, out=out, threads=plan.spec.threads)
 
 
 def _scores(report: dict, prefix: str) -> dict:
@@ -958,7 +1042,9 @@ def markdown_table(plan: Plan, rows: Sequence[dict]) -> str:
               f"(batch {spec.budget.batch_size}, max length {spec.budget.max_length}"
               f"{', packed' if spec.budget.packing else ''}). Seeds: {', '.join(map(str, spec.seeds))}. "
               f"Scores: mean ± std over seeds; held-out = macro average over held-out clusters, seen = macro "
-              f"average over the cell's training tasks (validation rows).", ""]
+              f"average over the cell's training tasks (validation rows)."
+              + (f" Chance (uniform guess among the options) on the held-out clusters: {plan.chance():.3f}."
+                 if plan.chance() is not None else ""), ""]
     head = [spec.axis, "model", "params"] + (["templates"] if show_tpl else []) + (["cot"] if show_cot else []) + \
         ["held-out", "seen"] + [f"{c}" for c in clusters] + ["steps", "tokens", "seeds"]
     lines.append("| " + " | ".join(head) + " |")
@@ -1014,6 +1100,8 @@ def plot(plan: Plan, rows: Sequence[dict]) -> None:
             pts = sorted(lines[key], key=lambda g: g["count"])
             ax.errorbar([g["count"] for g in pts], [g["mean"] for g in pts], yerr=[g["std"] or 0 for g in pts],
                         marker="o", capsize=3, label=label(*key))
+        if metric == "heldout_score" and plan.chance() is not None:
+            ax.axhline(plan.chance(), color="grey", linestyle="--", linewidth=1, label="chance")
         ax.set_xscale("symlog", base=2, linthresh=1)
         counts = sorted({g["count"] for g in groups})
         ax.set_xticks(counts)
@@ -1042,6 +1130,8 @@ def plot(plan: Plan, rows: Sequence[dict]) -> None:
                                                                           else "")
             ax.errorbar(xs, [g["mean"] for g in pts], yerr=[g["std"] or 0 for g in pts], marker="o", capsize=3,
                         label=name)
+        if metric == "heldout_score" and plan.chance() is not None:
+            ax.axhline(plan.chance(), color="grey", linestyle="--", linewidth=1, label="chance")
         ax.set_xscale("log")
         ax.set_xlabel("model parameters")
         ax.set_ylabel("score")

@@ -197,8 +197,8 @@ def test_real_grid_end_to_end_and_resume(tmp_path, tiny_model_dir):
         eval={"limit": 4, "metrics": ["rank_classification"], "seen_limit": 2, "seen_metrics": ["exact_match"],
               "batch_size": 8})
     out = tmp_path / "out"
-    res = ablation.run(spec, out)
-    assert res["ran"] == ["base-nano-s0", "n001-nano-s0", "n002-nano-s0"]
+    res = ablation.run(spec, out, jobs=2, threads=1)
+    assert sorted(res["ran"]) == ["base-nano-s0", "n001-nano-s0", "n002-nano-s0"]
     rows = {r["cell"]: r for r in res["rows"]}
     for cid in ("n001-nano-s0", "n002-nano-s0"):
         r, cdir = rows[cid], out / "cells" / cid

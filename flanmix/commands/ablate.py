@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--registry", action="append", default=[], metavar="DIR",
                    help="extra task registry folder (repeatable)")
     p.add_argument("--only", metavar="GLOB", help="run only the cells whose id matches (e.g. 'n004-*')")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads (overrides the spec; 1 is fastest when other jobs share the cores)")
+    p.add_argument("--jobs", type=int, metavar="N", help="cells run at once (overrides the spec)")
     p.add_argument("--dry-run", action="store_true", help="plan and check the grid (incl. budgets), train nothing")
     p.add_argument("--report", action="store_true", help="only rewrite results tables and plots")
     p.set_defaults(func=_run)
@@ -35,7 +38,8 @@ def _run(args: argparse.Namespace) -> int:
         rows = ablation.report(args.spec, args.out, registry_dirs=args.registry)
         print(f"{args.out}/results.md: {len(rows)} complete cells")
         return 0
-    result = ablation.run(args.spec, args.out, registry_dirs=args.registry, only=args.only, dry_run=args.dry_run)
+    result = ablation.run(args.spec, args.out, registry_dirs=args.registry, only=args.only, dry_run=args.dry_run,
+                         threads=args.threads, jobs=args.jobs)
     if not args.dry_run:
         print((result["plan"].out / "results.md").read_text(encoding="utf-8"))
     return 0
