@@ -1,0 +1,163 @@
+"""Pipelines: sft -> rm -> dpo / rrhf / ppo from one YAML, stage references, resume, and bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import pytest
+import yaml
+
+from flanmix.cli import main
+from flanmix.errors import FlanmixError
+from trainers.pipeline import plan
+
+from test_rm import write_prefs
+
+FAST = {"progress": False, "tensorboard": False, "log_every": 1, "batch_size": 8, "max_length": 48}
+
+
+def _sft_rows(path, n=64):
+    rng = random.Random(0)
+    words = "alpha beta gamma delta red green blue cat dog fox".split()
+    rows = []
+    for _ in range(n):
+        ws = [rng.choice(words) for _ in range(rng.randint(3, 5))]
+        rows.append({"inputs": f"Reverse the words: {' '.join(ws)}\n", "targets": " ".join(reversed(ws))})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture()
+def inputs(tmp_path):
+    return {"sft": _sft_rows(tmp_path / "sft.jsonl"), "prefs": write_prefs(tmp_path / "prefs.jsonl", n=48)}
+
+
+def _write(tmp_path, model, stages, name="pipe.yaml", **top):
+    doc = {"model": str(model), "output_dir": str(tmp_path / "runs"), "stages": stages, **top}
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return p
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("flanmix: error:"), err
+    return err[0]
+
+
+def test_sft_rm_dpo_pipeline_runs_and_resumes(tmp_path, tiny_model_dir, inputs, capsys):
+    stages = [{"sft": {"data": str(inputs["sft"]), "max_steps": 4, "lr": 3e-3, **FAST}},
+              {"rm": {"data": str(inputs["prefs"]), "max_steps": 4, "lr": 1e-3, **FAST}},
+              {"dpo": {"data": str(inputs["prefs"]), "max_steps": 6, "save_every": 3, "keep_checkpoints": 3,
+                       "lr": 1e-3, **FAST}}]
+    pipe = _write(tmp_path, tiny_model_dir, stages)
+    assert main(["train", str(pipe)]) == 0
+    runs = tmp_path / "runs"
+    for name in ("sft", "rm", "dpo"):
+        marker = json.loads((runs / name / "COMPLETE").read_text())
+        assert marker["name"] == name and (runs / name / "final").is_dir()
+    # rm and dpo started from the SFT model; dpo's reference is its initial policy
+    assert json.loads((runs / "rm" / "rm_config.json").read_text())["model"] == str(runs / "sft" / "final")
+    assert json.loads((runs / "dpo" / "dpo_config.json").read_text())["model"] == str(runs / "sft" / "final")
+    from trainers.rm import load_reward_model
+
+    load_reward_model(runs / "rm" / "final")
+    # the DPO stage dies after step 3: its marker, final model and the step-6 checkpoint are gone
+    dpo_curve = [r["loss"] for r in map(json.loads, (runs / "dpo" / "metrics.jsonl").read_text().splitlines())
+                 if "loss" in r]
+    for p in ("COMPLETE", "final", "checkpoints/step-6"):
+        shutil.rmtree(runs / "dpo" / p) if (runs / "dpo" / p).is_dir() else (runs / "dpo" / p).unlink()
+    (runs / "dpo" / "metrics.jsonl").unlink()
+    sft_mtime = (runs / "sft" / "COMPLETE").stat().st_mtime
+    capsys.readouterr()
+    assert main(["train", str(pipe)]) == 0
+    out = capsys.readouterr().out
+    assert "sft: complete, skipped" in out and "rm: complete, skipped" in out and "resumed from" in out
+    assert (runs / "sft" / "COMPLETE").stat().st_mtime == sft_mtime and (runs / "dpo" / "COMPLETE").is_file()
+    resumed = [r["loss"] for r in map(json.loads, (runs / "dpo" / "metrics.jsonl").read_text().splitlines())
+               if "loss" in r]
+    assert resumed == pytest.approx(dpo_curve[3:], abs=1e-6)
+    # changing a finished stage's settings is an error, not a silent retrain or a stale skip
+    stages[1]["rm"]["lr"] = 5e-4
+    _write(tmp_path, tiny_model_dir, stages)
+    assert main(["train", str(pipe)]) == 2
+    assert "completed with different settings" in _err(capsys)
+
+
+def test_rrhf_candidates_from_sft_scored_by_rm_then_ppo(tmp_path, tiny_model_dir, inputs):
+    from trainers.pipeline import run_pipeline
+
+    stages = [{"sft": {"data": str(inputs["sft"]), "max_steps": 3, "lr": 3e-3, **FAST}},
+              {"rm": {"data": str(inputs["prefs"]), "max_steps": 3, **FAST}},
+              {"rrhf": {"data": str(inputs["prefs"]), "max_steps": 3, "init": "sft", **FAST,
+                        "candidates": {"sample_from": "sft", "k": 2, "max_new_tokens": 6, "max_prompts": 16}}},
+              {"ppo": {"name": "ppo_rm", "data": str(inputs["prefs"]), "init": "sft", "max_steps": 2,
+                       "rollout_batch_size": 4, "mini_batch_size": 4, "max_new_tokens": 4,
+                       "progress": False, "tensorboard": False}}]
+    pipe = _write(tmp_path, tiny_model_dir, stages)
+    _, planned = plan(pipe)
+    runs = tmp_path / "runs"
+    rrhf, ppo = planned[2].config, planned[3].config
+    assert rrhf.candidates.reward_model == str(runs / "rm" / "final")  # default: the latest rm stage
+    assert rrhf.candidates.sample_from == str(runs / "sft" / "final")
+    assert ppo.reward_model == str(runs / "rm" / "final") and ppo.model == str(runs / "sft" / "final")
+    summary = run_pipeline(pipe)
+    assert [s["status"] for s in summary] == ["trained"] * 4
+    info = json.loads((runs / "rrhf" / "rrhf_config.json").read_text())
+    assert info["train_groups"] + info["eval_groups"] >= 8
+    assert (runs / "ppo_rm" / "final" / "critic").is_dir()
+
+
+def test_pipeline_validates_everything_before_training(tmp_path, tiny_model_dir, inputs, capsys):
+    ok = [{"sft": {"data": str(inputs["sft"]), "max_steps": 2, **FAST}}]
+    cases = [
+        (ok + [{"dpo": {"data": str(inputs["prefs"]), "bta": 0.1}}], "stages.1.dpo.bta: unknown key"),
+        (ok + [{"ppo": {"data": str(inputs["prefs"]), "max_steps": 1}}], "needs a reward_model"),
+        (ok + [{"ppo": {"data": str(inputs["prefs"]), "max_steps": 1, "reward_model": "sft"}}], "a sft stage"),
+        (ok + [{"dpo": {"data": str(inputs["prefs"]), "reference": "rm"}}], "not an earlier stage"),
+        (ok + [{"sft": {"data": str(inputs["sft"])}}], "duplicate stage name"),
+        ([{"kto": {}}], "unknown stage kind"),
+        (ok + [{"rm": {"data": str(inputs["prefs"]), "model": "x"}}], "set by the pipeline"),
+    ]
+    for stages, msg in cases:
+        pipe = _write(tmp_path, tiny_model_dir, stages)
+        capsys.readouterr()
+        assert main(["train", str(pipe)]) == 2
+        assert msg in _err(capsys), msg
+        assert not (tmp_path / "runs").exists()
+    pipe = tmp_path / "top.yaml"
+    pipe.write_text(yaml.safe_dump({"model": str(tiny_model_dir), "stages": ok, "steps": 3}))
+    assert main(["train", str(pipe)]) == 2
+    assert "steps: unknown key" in _err(capsys)
+
+
+def test_bad_preference_data_fails_the_stage_without_a_marker(tmp_path, tiny_model_dir, inputs, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(inputs["prefs"].read_text() + json.dumps({"prompt": "p", "chosen": "x", "rejected": "x"}) + "\n")
+    stages = [{"sft": {"data": str(inputs["sft"]), "max_steps": 2, **FAST}},
+              {"rm": {"data": str(bad), "max_steps": 2, **FAST}}]
+    pipe = _write(tmp_path, tiny_model_dir, stages)
+    assert main(["train", str(pipe)]) == 2
+    assert "bad.jsonl:49" in _err(capsys) and not (tmp_path / "runs").exists()  # found before sft trains
+    # the stage itself refuses it too (when run alone), and nothing is marked complete
+    from trainers.rm import train as rm_train
+
+    with pytest.raises(FlanmixError, match="identical"):
+        rm_train({"model": str(tiny_model_dir), "data": str(bad), "output_dir": str(tmp_path / "rm"),
+                  "max_steps": 1})
+    assert not (tmp_path / "rm" / "checkpoints").exists() and not (tmp_path / "rm" / "final").exists()
+    for rows, msg in [({"prompt": "p", "chosen": "", "rejected": "x"}, "empty response"),
+                      ({"prompt": "p", "responses": ["a", "b"], "scores": [2, 2]}, "all scores are equal")]:
+        bad.write_text(json.dumps(rows) + "\n")
+        with pytest.raises(FlanmixError, match=msg):
+            from trainers.preference import load_preferences
+
+            load_preferences(bad)
+
+
+def test_shipped_demo_pipeline_is_valid(repo_root):
+    cfg, stages = plan(repo_root / "configs" / "pipelines" / "demo.yaml")
+    assert [s.kind for s in stages] == ["sft", "rm", "dpo"]
+    assert stages[2].config.model == stages[1].config.model == str(stages[0].out / "final")
