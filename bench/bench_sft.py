@@ -4,13 +4,14 @@
 
 Model: `init-model --size tiny` (≈1.1M-parameter Llama, byte-level BPE 4096) with a tokenizer trained on the data.
 Data: prompt/completion rows rendered from the bundled tasks (Flan-style, short targets), max_length 128, batch 8,
-fp32, AdamW lr 1e-3 betas (0.9, 0.999), linear decay, grad clip 1.0, completion-only loss in both.
+fp32, the tokenizer trained on `flanmix.corpus.bundled_corpus()` (init-model's default), AdamW lr 1e-3 betas (0.9, 0.999), linear decay, grad clip 1.0, completion-only loss in both.
 
 Every configuration runs in its own subprocess (so peak RSS is that run's alone), in alternating order, `repeats`
 times; medians are reported. tokens/s counts the real (non-pad) input tokens of the timed steps (after `warmup`
 steps) over their wall time. TRL gets the exact token ids flanmix uses (a pre-tokenized dataset with
 `completion_mask`), so the first-batch losses are comparable; TRL is run with bf16=False, use_cpu=True and
-gradient checkpointing off ("trl"), and also with its defaults apart from use_cpu ("trl_defaults").
+gradient checkpointing off ("trl"), and also with its defaults apart from use_cpu ("trl_defaults"). flanmix runs
+with its SFT defaults (length-grouped batches) and, for reference, without grouping ("flanmix_ungrouped").
 
 Writes bench/results/sft.json and prints a markdown table. TRL is a bench-only dependency.
 """
@@ -63,7 +64,9 @@ def prepare(work: Path, n_rows: int) -> None:
 
     rows = render_rows(n_rows)
     (work / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    texts = [r["prompt"] + r["completion"] for r in rows]
+    from flanmix.corpus import bundled_corpus
+
+    texts = bundled_corpus(max_rows=20000, seed=0)  # what `flanmix init-model` uses by default
     info = init_model("tiny", work / "model", vocab_size=4096, texts=texts, seed=0, overwrite=True)
     tok = load_tokenizer(work / "model")
     examples, stats = tokenize_rows(tok, rows, max_length=MAX_LEN, truncation="truncate")
@@ -81,7 +84,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child_flanmix(work: Path, packed: bool, steps: int, warmup: int) -> dict:
+def child_flanmix(work: Path, packed: bool, steps: int, warmup: int, group: bool = True) -> dict:
     from trainers.loop import train
     from trainers.sft import SFTConfig, SFTStage
 
@@ -90,7 +93,7 @@ def child_flanmix(work: Path, packed: bool, steps: int, warmup: int) -> dict:
                     batch_size=BATCH, max_length=MAX_LEN, packing=packed, max_steps=warmup + steps, lr=LR,
                     betas=(0.9, 0.999), weight_decay=0.0, schedule="linear", min_lr_ratio=0.0, max_grad_norm=1.0,
                     mixed_precision="no", log_every=1, progress=False, tensorboard=False, save_final=False,
-                    resume="never", seed=0)
+                    resume="never", seed=0, group_by_length=group)
     stage = SFTStage(cfg, verbose=False)
     res = train(stage, cfg.loop_config())
     timed = [h for h in res.history if "tokens" in h][warmup:]
@@ -177,7 +180,8 @@ def child_first_loss(work: Path) -> dict:
 # --------------------------------------------------------------------------------------------------------- main
 
 CONFIGS = {
-    "flanmix": ("flanmix", False), "flanmix_packed": ("flanmix", True),
+    "flanmix": ("flanmix", False), "flanmix_ungrouped": ("flanmix_ungrouped", False),
+    "flanmix_packed": ("flanmix", True),
     "trl": ("trl", False), "trl_packed": ("trl", True), "trl_defaults": ("trl_defaults", False),
 }
 
@@ -202,7 +206,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=8, help="untimed steps at the start of each run")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--rows", type=int, default=4000)
-    ap.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for every run (0: torch default)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="OMP_NUM_THREADS for every run (0: torch default). 1 by default: on a shared 2-core "
+                         "machine two spinning intra-op threads per process made tiny models many times slower")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "sft.json"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -218,8 +224,8 @@ def main() -> None:
             res = child_first_loss(work)
         else:
             kind, packed = CONFIGS[args.child]
-            if kind == "flanmix":
-                res = child_flanmix(work, packed, args.steps, args.warmup)
+            if kind.startswith("flanmix"):
+                res = child_flanmix(work, packed, args.steps, args.warmup, group=kind == "flanmix")
             else:
                 res = child_trl(work, packed, args.steps, args.warmup, kind == "trl_defaults")
         print("RESULT " + json.dumps(res), flush=True)
@@ -243,7 +249,8 @@ def main() -> None:
     summary = {c: {"tokens_per_s": med(c, "tokens_per_s"), "peak_rss_mb": med(c, "peak_rss_mb"),
                    "tokens_per_step": med(c, "tokens_per_step"), "runs": runs[c]} for c in configs}
     ratios = {}
-    for ours, theirs in (("flanmix", "trl"), ("flanmix_packed", "trl_packed"), ("flanmix", "trl_defaults")):
+    for ours, theirs in (("flanmix", "trl"), ("flanmix_ungrouped", "trl"), ("flanmix_packed", "trl_packed"),
+                         ("flanmix", "trl_defaults")):
         if ours in summary and theirs in summary:
             ratios[f"{ours}/{theirs}"] = {
                 "tokens_per_s": summary[ours]["tokens_per_s"] / summary[theirs]["tokens_per_s"],

@@ -52,7 +52,7 @@ class ToyStage(Stage):
 
 def _cfg(tmp_path, name, **kw):
     base = dict(output_dir=str(tmp_path / name), batch_size=4, grad_accum=2, max_steps=8, lr=0.05, log_every=1,
-                progress=False, tensorboard=False, warmup_steps=2, seed=3)
+                progress=False, tensorboard=False, warmup_steps=2, seed=3, mixed_precision="no")
     base.update(kw)
     return LoopConfig(**base)
 
@@ -131,7 +131,7 @@ class StreamStage(Stage):
             self.made += 1
             x = torch.randn(6, 4, generator=g)
             with torch.no_grad():  # a "rollout" with the current policy
-                y = ctx.unwrapped(x) + 1.0
+                y = ctx.unwrapped(x.to(ctx.device)).cpu() + 1.0
             yield {"x": x, "y": y}
 
     def loss(self, model, batch):
