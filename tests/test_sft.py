@@ -178,3 +178,11 @@ def test_nan_loss_exit_2_with_last_checkpoint(tmp_path, tiny_model_dir, jsonl, c
     line = _err(capsys)
     assert "NaN/inf at step 2" in line and "last good checkpoint" in line and "step-1" in line
     assert (tmp_path / "run" / "checkpoints" / "step-1" / "loop_state.json").exists()
+
+
+def test_example_config_is_valid(repo_root):
+    from trainers.config import load_config
+    from trainers.sft import SFTConfig
+
+    cfg = load_config(repo_root / "configs" / "sft.yaml", SFTConfig)
+    assert cfg.packing and cfg.loop_config().output_dir == "runs/sft"
