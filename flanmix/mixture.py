@@ -499,38 +499,46 @@ def _render_rows(state: _BuildState, lo: int, hi: int) -> tuple[dict[str, list],
     from flanmix.dedup import contaminated
 
     plan = state.plan
-    cols: dict[str, list] = {k: [] for k in ("inputs", "targets", "task_name", "task_source", "template_type",
-                                             "template_idx", "example_id", "cot")}
+    # Per-leaf lookups done once per chunk, not once per row (this loop is the hot path of a build).
+    leaves = [(leaf.task.render_full, leaf.task.examples("train"), leaf.task.name, leaf.task.spec.collection,
+               leaf.settings.randomize_options) for leaf in state.leaves]
+    inputs: list[str] = []
+    targets: list[str] = []
+    task_names: list[str] = []
+    sources: list[str] = []
+    ttypes: list[str] = []
+    tidxs: list[int] = []
+    example_ids: list[str] = []
+    cots: list[bool] = []
+    grams, n, seed = state.grams, state.ngram, state.seed
     dropped = 0
-    examples = {id(leaf.task): leaf.task.examples("train") for leaf in state.leaves}
     rows = zip(plan.leaf[lo:hi].tolist(), plan.example[lo:hi].tolist(), plan.ttype[lo:hi].tolist(),
                plan.tidx[lo:hi].tolist(), plan.cot[lo:hi].tolist())
     for leaf_i, ex_i, tt_i, tidx, cot in rows:
-        leaf = state.leaves[leaf_i]
-        task = leaf.task
-        example = examples[id(task)][ex_i]
+        render, examples, name, source, randomize = leaves[leaf_i]
+        example = examples[ex_i]
         ttype = TEMPLATE_TYPES[tt_i]
         try:
-            out = task.render_full(example, template_type=ttype, template_idx=tidx, cot=cot, seed=state.seed,
-                                   randomize_options=leaf.settings.randomize_options)
+            out = render(example, template_type=ttype, template_idx=tidx, cot=cot, seed=seed,
+                         randomize_options=randomize)
         except FlanmixError as err:
-            raise FlanmixError(f"task {task.name!r}, row {example.example_id}: {err.message}", file=err.file,
+            raise FlanmixError(f"task {name!r}, row {example.example_id}: {err.message}", file=err.file,
                                line=err.line, field=err.field, expected=err.expected) from None
         except Exception as err:  # noqa: BLE001 - report any failure with the task and row it happened on
-            raise FlanmixError(f"task {task.name!r}, row {example.example_id}: {type(err).__name__}: {err}"
-                               ) from None
-        if state.grams is not None and (contaminated(out.inputs, state.grams, state.ngram)
-                                        or contaminated(out.targets, state.grams, state.ngram)):
+            raise FlanmixError(f"task {name!r}, row {example.example_id}: {type(err).__name__}: {err}") from None
+        if grams is not None and (contaminated(out.inputs, grams, n) or contaminated(out.targets, grams, n)):
             dropped += 1
             continue
-        cols["inputs"].append(out.inputs)
-        cols["targets"].append(out.targets)
-        cols["task_name"].append(task.name)
-        cols["task_source"].append(task.spec.collection)
-        cols["template_type"].append(ttype)
-        cols["template_idx"].append(tidx)
-        cols["example_id"].append(example.example_id)
-        cols["cot"].append(cot)
+        inputs.append(out.inputs)
+        targets.append(out.targets)
+        task_names.append(name)
+        sources.append(source)
+        ttypes.append(ttype)
+        tidxs.append(tidx)
+        example_ids.append(example.example_id)
+        cots.append(cot)
+    cols = {"inputs": inputs, "targets": targets, "task_name": task_names, "task_source": sources,
+            "template_type": ttypes, "template_idx": tidxs, "example_id": example_ids, "cot": cots}
     return cols, dropped
 
 
@@ -681,8 +689,8 @@ def build(spec: MixtureSpec | dict | str | Path, out_dir: str | Path, *, seed: i
     """
     from flanmix.dedup import SeenKeys
     from flanmix.registry import Registry
-    from flanmix.writer import (FORMATS, ShardStats, finalize, length_summary, make_table, prepare_out_dir,
-                                read_shard, shard_name, write_shard, file_sha256)
+    from flanmix.writer import (FORMATS, ShardStats, file_sha256, finalize, make_table, prepare_out_dir,
+                                read_shard, shard_name, write_shard)
 
     global _STATE
     if fmt not in FORMATS:

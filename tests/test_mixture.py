@@ -12,7 +12,7 @@ import pytest
 
 from flanmix.errors import FlanmixError
 from flanmix.mixture import (MixtureSpec, build, epoch_size, find_mixture, largest_remainder, load_spec, make_plan,
-                             resolve, task_rule_rate)
+                             resolve)
 from test_mixture_helpers import make_registry
 
 
