@@ -708,7 +708,7 @@ def run(spec: AblationSpec | str | Path, out: str | Path, *, runner: Runner | No
             f"{_f(result.get('seen_score'))} ({seconds:.0f}s; {time.perf_counter() - t_start:.0f}s so far)")
         write_reports(plan, plots=False)  # tables track progress; plots once at the end
 
-    def announce(cell: Cell) -> None:
+    def announce(cell: Cell, log=log) -> None:
         plan.cell_dir(cell).mkdir(parents=True, exist_ok=True)
         log(f"cell {cell.id}: {len(cell.tasks)} tasks ({', '.join(cell.tasks[:4])}"
             f"{' ...' if len(cell.tasks) > 4 else ''})")
@@ -724,8 +724,9 @@ def run(spec: AblationSpec | str | Path, out: str | Path, *, runner: Runner | No
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                                  initargs=init) as pool:
             pending = {}
+            log(f"{len(todo)} cells on {jobs} worker processes")
             for cell in todo:
-                announce(cell)
+                announce(cell, log=lambda msg: None)
                 fut = pool.submit(_work, cell.id, str(model_dirs[(cell.model, cell.seed)]), needs.get(cell.id))
                 pending[fut] = cell
             try:
@@ -768,6 +769,8 @@ def _init_worker(spec: dict, spec_file: str | None, out: str, registry_dirs: lis
 def _work(cell_id: str, model_dir: str, needs: dict | None) -> tuple[dict, float]:
     plan: Plan = _WORKER["plan"]
     cell = next(c for c in plan.cells if c.id == cell_id)
+    _stderr(f"start {cell.id}: {len(cell.tasks)} tasks ({', '.join(cell.tasks[:4])}"
+            f"{' ...' if len(cell.tasks) > 4 else ''})")
     t0 = time.perf_counter()
     metrics = run_cell(cell, Context(plan, plan.cell_dir(cell), Path(model_dir), needs, _stderr))
     return metrics, time.perf_counter() - t0
@@ -853,6 +856,20 @@ def _preference_stage(plan: Plan, cell: Cell, cdir: Path, model_dir: Path, log) 
     return Path(result.final_dir)
 
 
+def _tokens_seen(metrics_file: Path) -> int | None:
+    """Tokens the loop trained on: the sum of its per-log-window `tokens` (a resumed run's repeated steps counted
+    once)."""
+    windows: dict[int, int] = {}
+    try:
+        for line in metrics_file.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            if "loss" in rec and isinstance(rec.get("tokens"), (int, float)) and "step" in rec:
+                windows[int(rec["step"])] = int(rec["tokens"])
+    except (OSError, json.JSONDecodeError):
+        return None
+    return sum(windows.values()) or None
+
+
 def run_cell(cell: Cell, ctx: Context) -> dict:
     """The real cell runner: build the mixture, SFT (+ preference stage), evaluate held-out and seen tasks."""
     plan, cdir, log = ctx.plan, ctx.cell_dir, ctx.log
@@ -912,12 +929,14 @@ def run_cell(cell: Cell, ctx: Context) -> dict:
                 raise FlanmixError("SFT wrote no final model", file=sft_dir)
             last = next((h for h in reversed(result.history) if "loss" in h), {})
             sft_info = {"final_dir": result.final_dir, "steps": result.steps, "final_loss": last.get("loss"),
+                        "tokens_seen": _tokens_seen(sft_dir / "metrics.jsonl"),
                         "seconds": round(time.perf_counter() - t0, 2)}
             _write_json_atomic(done, sft_info)
         final = Path(sft_info["final_dir"])
-        # Tokens seen: steps × batch items × mean tokens per item (an epoch boundary may shorten one batch).
-        metrics.update({"steps": sft_info["steps"], "train_tokens": int(sft_info["steps"] * budget.batch_size
-                                                                        * tokens_per_item),
+        # Tokens seen as the loop counted them; else steps × batch items × mean tokens per item.
+        metrics.update({"steps": sft_info["steps"],
+                        "train_tokens": sft_info.get("tokens_seen") or int(sft_info["steps"] * budget.batch_size
+                                                                           * tokens_per_item),
                         "mixture_rows": stats.rows, "mixture_tokens": sum(lengths),
                         "epochs": round(sft_info["steps"] * budget.batch_size / max(1, items), 3),
                         "final_loss": sft_info.get("final_loss"), "sft_seconds": sft_info.get("seconds")})

@@ -217,3 +217,22 @@ def test_real_grid_end_to_end_and_resume(tmp_path, tiny_model_dir):
     (out / "cells" / "n002-nano-s0" / "result.json").unlink()
     res = ablation.run(spec, out)
     assert res["ran"] == ["n002-nano-s0"] and len(res["skipped"]) == 2
+
+
+def test_template_and_cot_axes(tmp_path):
+    spec, _ = ablation.load_spec(write_spec(tmp_path / "a.yaml", pool=["cluster:arithmetic"], task_counts=[2],
+                                            templates_per_task=[1, None], cot_share=[0.0, 0.5], seeds=[0, 1]))
+    plan = ablation.make_plan(spec, tmp_path / "out")
+    ids = [c.id for c in plan.cells]
+    assert len(ids) == len(set(ids)) == 2 * 2 * 2
+    assert "n002-nano-tpl1-cot0p5-s1" in ids and "n002-nano-cot0-s0" in ids
+    cell = next(c for c in plan.cells if c.id == "n002-nano-tpl1-cot0p5-s1")
+    mspec = ablation._mixture_spec(plan, cell, 100)
+    assert mspec["cot"] == 0.5 and mspec["seed"] == 1 and mspec["components"] == [{"tasks": cell.tasks}]
+    limited = ablation._limited_registry(plan.registry, cell.tasks, 1)
+    for name in cell.tasks:
+        task = limited.get(name)
+        assert task.num_templates() == 1 and task.template_indices(inverted=True) == []
+        assert task.num_templates(cot=True) <= 1
+    hashes = {c.hash for c in plan.cells}
+    assert len(hashes) == len(plan.cells)
