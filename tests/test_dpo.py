@@ -74,12 +74,15 @@ def test_frozen_copy_and_precomputed_reference_give_identical_numbers(tiny_model
 def test_one_concatenated_forward(tiny_model_dir, monkeypatch):
     tok = load_tokenizer(tiny_model_dir)
     g = _groups(tok, 6)
-    stage = DPOStage(load_policy(tiny_model_dir), tok, g)
-    calls = []
-    orig = stage.model.forward
-    monkeypatch.setattr(stage.model, "forward", lambda *a, **k: calls.append(k["input_ids"].shape) or orig(*a, **k))
-    stage.loss(stage.model, stage.collate(g))
-    assert calls == [calls[0]] and calls[0][0] == 12  # chosen and rejected of 6 pairs in one forward
+    for sharing, rows in ((False, 12), (True, 6)):
+        stage = DPOStage(load_policy(tiny_model_dir), tok, g, prefix_sharing=sharing)
+        calls = []
+        backbone = stage.model.base_model
+        orig = backbone.forward
+        monkeypatch.setattr(backbone, "forward", lambda *a, **k: calls.append(k["input_ids"].shape) or orig(*a, **k))
+        stage.loss(stage.model, stage.collate(g))
+        # chosen and rejected of 6 pairs in one forward: 12 rows, or 6 prompt-shared rows
+        assert len(calls) == 1 and calls[0][0] == rows
 
 
 def test_dpo_step0_ln2_and_learning(tmp_path, tiny_model_dir):

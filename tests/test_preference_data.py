@@ -148,3 +148,28 @@ def test_prefs_generate_cli(tmp_path, capsys):
     bad.write_text('{"prompt": "p", "chosen": "a", "rejected": "a"}\n')
     with pytest.raises(FlanmixError, match=r"bad.jsonl:1.*identical"):
         load_preferences(bad)
+
+
+def test_prefix_shared_batches_give_the_same_numbers(tiny_model_dir):
+    import torch
+
+    from trainers.dpo import load_policy
+    from trainers.logprobs import batch_sequence_logprobs
+    from trainers.preference import collate_shared
+    from trainers.rm import batch_reward_scores, new_reward_model
+
+    tok = load_tokenizer(tiny_model_dir)
+    rows = preference_rows([(f"Reverse the word '{w}'. ", w[::-1]) for w in ["horse", "apple", "table"]],
+                           kind="rankings", k=3) + \
+        preference_rows([("Copy: red cat dog\n", "red cat dog"), ("Q: 12 + 30?", " 42")], kind="pairs")
+    enc = encode_groups(tok, [row_to_group(r) for r in rows], 64)
+    padded, shared = collate(enc, tok.pad_token_id), collate_shared(enc, tok.pad_token_id)
+    for k in ("group", "scores", "pair_chosen", "pair_rejected", "pair_group", "pair_margin"):
+        assert torch.equal(padded[k], shared[k]), k
+    assert shared["input_ids"].shape[0] == len(enc) and shared["num_tokens"] < int(padded["attention_mask"].sum())
+    policy, rm = load_policy(tiny_model_dir), new_reward_model(tiny_model_dir)
+    with torch.no_grad():
+        for avg in (False, True):
+            assert torch.allclose(batch_sequence_logprobs(policy, padded, avg),
+                                  batch_sequence_logprobs(policy, shared, avg), atol=1e-5)
+        assert torch.allclose(batch_reward_scores(rm, padded), batch_reward_scores(rm, shared), atol=1e-5)

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from flanmix.errors import FlanmixError
 from trainers.config import LoopSettings
-from trainers.logprobs import precompute_sequence_logprobs, sequence_logprobs
+from trainers.logprobs import batch_sequence_logprobs, precompute_sequence_logprobs, sequence_logprobs
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
@@ -60,12 +60,12 @@ def batch_dpo_loss(model, batch: dict, beta: float, loss_type: str = "sigmoid",
                    ref_model=None) -> tuple[torch.Tensor, dict]:
     """DPO on a collated preference batch: one policy forward over all sequences; the reference comes from
     ``batch['ref_logps']`` (precomputed) or from `ref_model` (a frozen copy)."""
-    logps = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+    logps = batch_sequence_logprobs(model, batch)
     if "ref_logps" in batch and ref_model is None:
         ref = batch["ref_logps"].to(logps.device, logps.dtype)
     elif ref_model is not None:
         with torch.no_grad():
-            ref = sequence_logprobs(ref_model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+            ref = batch_sequence_logprobs(ref_model, batch)
     else:
         raise FlanmixError("DPO needs reference log-probs: a reference model or precomputed log-probs",
                            field="reference")
@@ -119,7 +119,8 @@ class DPOStage:
     name = "dpo"
 
     def __init__(self, model, tokenizer, train_groups, eval_groups=None, *, beta: float = 0.1,
-                 loss_type: str = "sigmoid", reference: str = "precomputed", ref_model=None):
+                 loss_type: str = "sigmoid", reference: str = "precomputed", ref_model=None,
+                 prefix_sharing: bool = True):
         from trainers.preference import pad_id_of
 
         if loss_type not in LOSS_TYPES:
@@ -130,6 +131,7 @@ class DPOStage:
                                expected="precomputed | copy")
         self.model, self.tokenizer = model, tokenizer
         self.pad_id = pad_id_of(tokenizer)
+        self.prefix_sharing = prefix_sharing
         self.beta, self.loss_type, self.reference = beta, loss_type, reference
         self._train, self._eval = train_groups, eval_groups or None
         self.ref_model = None
@@ -157,9 +159,9 @@ class DPOStage:
         return self._eval
 
     def collate(self, rows):
-        from trainers.preference import collate
+        from trainers.preference import collate, collate_shared
 
-        return collate(rows, self.pad_id)
+        return (collate_shared if self.prefix_sharing else collate)(rows, self.pad_id)
 
     def count(self, batch) -> int:
         return int(batch["pair_chosen"].numel())
@@ -198,6 +200,7 @@ class DPOConfig(LoopSettings):
     beta: float = Field(0.1, gt=0)
     loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
     max_length: int = Field(256, ge=4)
+    prefix_sharing: bool = True                         # encode each prompt once per pair (see collate_shared)
     lr: float = Field(1e-4, gt=0)
 
 
@@ -217,7 +220,7 @@ def build_stage(cfg: DPOConfig, groups=None, eval_groups=None) -> DPOStage:
         check_same_tokenizer(tokenizer, load_tokenizer(cfg.reference), cfg.reference)
     return DPOStage(model, tokenizer, encode_groups(tokenizer, train_g, cfg.max_length),
                     encode_groups(tokenizer, eval_g, cfg.max_length), beta=cfg.beta, loss_type=cfg.loss_type,
-                    reference=cfg.reference_mode, ref_model=ref)
+                    reference=cfg.reference_mode, ref_model=ref, prefix_sharing=cfg.prefix_sharing)
 
 
 def train(config: DPOConfig | dict | str | Path, **overrides: Any):

@@ -93,3 +93,33 @@ def precompute_sequence_logprobs(model, batches, average: bool = False) -> torch
                                      average=average).detach().float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
+
+
+# ------------------------------------------------------------------------------- prefix-shared batches
+
+def shared_hidden(model, batch: dict) -> torch.Tensor:
+    """Last hidden states [G, L, H] of a prefix-shared batch (see trainers.preference.collate_shared)."""
+    return model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            position_ids=batch["position_ids"], use_cache=False).last_hidden_state
+
+
+def shared_sequence_logprobs(model, batch: dict, average: bool = False) -> torch.Tensor:
+    """log π(completion | prompt) per sequence of a prefix-shared batch. The vocabulary projection runs only at
+    the positions that predict a completion token (the output head must be a plain linear layer)."""
+    hidden = shared_hidden(model, batch)
+    h = hidden[batch["tok_row"], batch["tok_src"]]
+    logits = model.get_output_embeddings()(h)
+    lp = gather_logprobs(logits, batch["input_ids"][batch["tok_row"], batch["tok_tgt"]])
+    n = batch["group"].shape[0]
+    total = torch.zeros(n, dtype=lp.dtype, device=lp.device).index_add(0, batch["tok_seq"], lp)
+    if average:
+        counts = torch.zeros(n, dtype=lp.dtype, device=lp.device).index_add(0, batch["tok_seq"], torch.ones_like(lp))
+        return total / counts.clamp(min=1.0)
+    return total
+
+
+def batch_sequence_logprobs(model, batch: dict, average: bool = False) -> torch.Tensor:
+    """Sequence log-probs of a padded (`collate`) or prefix-shared (`collate_shared`) preference batch."""
+    if "tok_row" in batch:
+        return shared_sequence_logprobs(model, batch, average)
+    return sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"], average)

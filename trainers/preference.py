@@ -516,3 +516,103 @@ def write_run_info(cfg, name: str, extra: dict | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     info = {**cfg.model_dump(), **(extra or {})}
     (out / f"{name}_config.json").write_text(json.dumps(info, indent=1, default=str))
+
+
+def collate_shared(groups: Sequence[EncodedGroup], pad_id: int, dtype=None) -> dict:
+    """Prefix-shared batch: one row per prompt, ``prompt + response_1 + … + response_k``.
+
+    Each response attends to the prompt and to itself only (an additive 4D mask) and its positions continue from
+    the prompt, so every response sees exactly what it would see alone — while the prompt is encoded once per
+    group instead of k times, with no padding inside a row. Besides the keys of `collate` (``group``, ``scores``,
+    ``pair_*``, ``ref_logps``; same response-major sequence order), it holds ``input_ids, position_ids [G, L]``,
+    ``attention_mask [G, 1, L, L]``, the completion tokens as ``tok_row, tok_src, tok_tgt, tok_seq`` (the logits at
+    (row, src) predict input_ids[row, tgt] of sequence tok_seq) and the last token of each sequence as
+    ``last_row, last_pos``.
+    """
+    import torch
+
+    dtype = dtype or torch.float32
+    base = collate_meta(groups)
+    order = base.pop("_order")
+    pos_of = {gr: n for n, gr in enumerate(order)}
+    G = len(groups)
+    L = max(len(g.prompt_ids) + sum(len(r) for r in g.responses_ids) for g in groups)
+    input_ids = torch.full((G, L), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((G, L), dtype=torch.long)
+    seg = torch.full((G, L), -1, dtype=torch.long)  # -1 pad, 0 prompt, i + 1 response i
+    tok_row, tok_src, tok_tgt, tok_seq = [], [], [], []
+    last_row = [0] * len(order)
+    last_pos = [0] * len(order)
+    for gi, g in enumerate(groups):
+        P = len(g.prompt_ids)
+        input_ids[gi, :P] = torch.tensor(g.prompt_ids, dtype=torch.long)
+        position_ids[gi, :P] = torch.arange(P)
+        seg[gi, :P] = 0
+        start = P
+        for r, resp in enumerate(g.responses_ids):
+            n = pos_of[(gi, r)]
+            end = start + len(resp)
+            input_ids[gi, start:end] = torch.tensor(resp, dtype=torch.long)
+            position_ids[gi, start:end] = torch.arange(P, P + len(resp))
+            seg[gi, start:end] = r + 1
+            for t in range(len(resp)):
+                if t == 0 and P == 0:
+                    continue  # nothing predicts the very first token
+                tok_row.append(gi)
+                tok_src.append(P - 1 if t == 0 else start + t - 1)
+                tok_tgt.append(start + t)
+                tok_seq.append(n)
+            last_row[n], last_pos[n] = gi, end - 1
+            start = end
+    idx = torch.arange(L)
+    causal = idx[None, :] <= idx[:, None]                                   # [L(q), L(k)]
+    sk, sq = seg[:, None, :], seg[:, :, None]                               # [G, 1, L(k)], [G, L(q), 1]
+    allowed = causal[None] & (sk >= 0) & (sq >= 0) & ((sk == 0) | (sk == sq))
+    allowed |= torch.eye(L, dtype=torch.bool)[None]                         # padding rows attend to themselves
+    mask = torch.zeros((G, 1, L, L), dtype=dtype)
+    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    base.update({
+        "input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask,
+        "tok_row": torch.tensor(tok_row, dtype=torch.long), "tok_src": torch.tensor(tok_src, dtype=torch.long),
+        "tok_tgt": torch.tensor(tok_tgt, dtype=torch.long), "tok_seq": torch.tensor(tok_seq, dtype=torch.long),
+        "last_row": torch.tensor(last_row, dtype=torch.long), "last_pos": torch.tensor(last_pos, dtype=torch.long),
+        "num_tokens": int((seg >= 0).sum()),
+    })
+    return base
+
+
+def collate_meta(groups: Sequence[EncodedGroup]) -> dict:
+    """The sequence order and the per-sequence / per-pair tensors shared by `collate` and `collate_shared`."""
+    import torch
+
+    order: list[tuple[int, int]] = []
+    kmax = max(len(g.responses_ids) for g in groups)
+    for r in range(kmax):
+        for gi, g in enumerate(groups):
+            if r < len(g.responses_ids):
+                order.append((gi, r))
+    pos = {gr: n for n, gr in enumerate(order)}
+    pc, pr, pg, pm = [], [], [], []
+    for gi, g in enumerate(groups):
+        for i, j in g.pairs():
+            pc.append(pos[(gi, i)])
+            pr.append(pos[(gi, j)])
+            pg.append(gi)
+            pm.append(g.margin if g.margin is not None else 0.0)
+    out = {
+        "_order": order,
+        "group": torch.tensor([gi for gi, _ in order], dtype=torch.long),
+        "scores": torch.tensor([groups[gi].scores[r] for gi, r in order], dtype=torch.float32),
+        "lengths": torch.tensor([len(groups[gi].responses_ids[r]) for gi, r in order], dtype=torch.long),
+        "pair_chosen": torch.tensor(pc, dtype=torch.long),
+        "pair_rejected": torch.tensor(pr, dtype=torch.long),
+        "pair_group": torch.tensor(pg, dtype=torch.long),
+        "pair_margin": torch.tensor(pm, dtype=torch.float32),
+    }
+    if all(g.ref_logps is not None for g in groups):
+        out["ref_logps"] = torch.tensor([groups[gi].ref_logps[r] for gi, r in order], dtype=torch.float32)
+    return out
+
+
+def is_shared(batch: dict) -> bool:
+    return "tok_row" in batch

@@ -159,9 +159,18 @@ def pairwise_loss(rewards: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dic
     return loss, metrics
 
 
+def batch_reward_scores(model, batch: dict) -> torch.Tensor:
+    """r(x, y) of every sequence of a padded or prefix-shared preference batch (same score position)."""
+    if "tok_row" in batch:
+        from trainers.logprobs import shared_hidden
+
+        hidden = shared_hidden(model, batch)
+        return scalar_head(model)(hidden[batch["last_row"], batch["last_pos"]]).squeeze(-1).float()
+    return reward_scores(model, batch["input_ids"], batch["attention_mask"])
+
+
 def rm_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
-    rewards = reward_scores(model, batch["input_ids"], batch["attention_mask"])
-    return pairwise_loss(rewards, batch)
+    return pairwise_loss(batch_reward_scores(model, batch), batch)
 
 
 @torch.no_grad()
@@ -192,9 +201,10 @@ class RewardStage:
 
     name = "rm"
 
-    def __init__(self, model, tokenizer, train_groups, eval_groups=None):
+    def __init__(self, model, tokenizer, train_groups, eval_groups=None, prefix_sharing: bool = True):
         from trainers.preference import pad_id_of
 
+        self.prefix_sharing = prefix_sharing
         self.model = model
         self.tokenizer = tokenizer
         self.pad_id = pad_id_of(tokenizer)
@@ -208,9 +218,9 @@ class RewardStage:
         return self._eval
 
     def collate(self, rows):
-        from trainers.preference import collate
+        from trainers.preference import collate, collate_shared
 
-        return collate(rows, self.pad_id)
+        return (collate_shared if self.prefix_sharing else collate)(rows, self.pad_id)
 
     def count(self, batch) -> int:
         return int(torch.unique(batch["pair_group"]).numel())
@@ -240,6 +250,7 @@ class RMConfig(LoopSettings):
     eval_data: Optional[str] = None                 # held-out set; default: eval_fraction of data
     eval_fraction: float = Field(0.1, ge=0, lt=1)
     max_length: int = Field(256, ge=4)
+    prefix_sharing: bool = True                     # encode each prompt once per group (see collate_shared)
     lr: float = Field(1e-4, gt=0)
 
 
@@ -254,7 +265,7 @@ def build_stage(cfg: RMConfig, groups=None, eval_groups=None) -> RewardStage:
     model = new_reward_model(cfg.model, seed=cfg.seed)
     model.config.pad_token_id = tokenizer.pad_token_id
     return RewardStage(model, tokenizer, encode_groups(tokenizer, train_g, cfg.max_length),
-                       encode_groups(tokenizer, eval_g, cfg.max_length))
+                       encode_groups(tokenizer, eval_g, cfg.max_length), prefix_sharing=cfg.prefix_sharing)
 
 
 def train(config: RMConfig | dict | str | Path, **overrides: Any):

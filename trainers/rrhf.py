@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from flanmix.errors import FlanmixError
 from trainers.config import LoopSettings
 from trainers.dpo import load_policy
-from trainers.logprobs import sequence_logprobs
+from trainers.logprobs import batch_sequence_logprobs
 
 
 def rrhf_loss_from_scores(p: torch.Tensor, batch: dict, sft_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
@@ -50,7 +50,7 @@ def rrhf_loss_from_scores(p: torch.Tensor, batch: dict, sft_weight: float = 1.0)
 
 
 def rrhf_loss(model, batch: dict, sft_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
-    p = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"], average=True)
+    p = batch_sequence_logprobs(model, batch, average=True)
     return rrhf_loss_from_scores(p, batch, sft_weight)
 
 
@@ -59,9 +59,11 @@ class RRHFStage:
 
     name = "rrhf"
 
-    def __init__(self, model, tokenizer, train_groups, eval_groups=None, *, sft_weight: float = 1.0):
+    def __init__(self, model, tokenizer, train_groups, eval_groups=None, *, sft_weight: float = 1.0,
+                 prefix_sharing: bool = True):
         from trainers.preference import pad_id_of
 
+        self.prefix_sharing = prefix_sharing
         self.model, self.tokenizer = model, tokenizer
         self.pad_id = pad_id_of(tokenizer)
         self.sft_weight = sft_weight
@@ -74,9 +76,9 @@ class RRHFStage:
         return self._eval
 
     def collate(self, rows):
-        from trainers.preference import collate
+        from trainers.preference import collate, collate_shared
 
-        return collate(rows, self.pad_id)
+        return (collate_shared if self.prefix_sharing else collate)(rows, self.pad_id)
 
     def count(self, batch) -> int:
         return int(batch["group"].max().item()) + 1
@@ -172,6 +174,7 @@ class RRHFConfig(LoopSettings):
     eval_fraction: float = Field(0.1, ge=0, lt=1)
     sft_weight: float = Field(1.0, ge=0)
     max_length: int = Field(256, ge=4)
+    prefix_sharing: bool = True              # encode each prompt once per group (see collate_shared)
     lr: float = Field(1e-4, gt=0)
 
 
@@ -243,7 +246,8 @@ def build_stage(cfg: RRHFConfig, groups=None, eval_groups=None) -> RRHFStage:
                                      cfg.eval_fraction, cfg.seed)
     model = load_policy(cfg.model)
     return RRHFStage(model, tokenizer, encode_groups(tokenizer, train_g, cfg.max_length),
-                     encode_groups(tokenizer, eval_g, cfg.max_length), sft_weight=cfg.sft_weight)
+                     encode_groups(tokenizer, eval_g, cfg.max_length), sft_weight=cfg.sft_weight,
+                     prefix_sharing=cfg.prefix_sharing)
 
 
 def train(config: RRHFConfig | dict | str | Path, **overrides: Any):
