@@ -257,6 +257,21 @@ def _check_passthrough(spec: AblationSpec, doc: YamlDoc | None) -> None:
                                    prefix=["train"]) from None
     if spec.preference is not None:
         owned(spec.preference.config, _PREF_OWNED, ["preference", "config"])
+        try:
+            import importlib
+
+            module = importlib.import_module(f"trainers.{spec.preference.stage}")
+            config_cls = getattr(module, f"{spec.preference.stage.upper()}Config")
+        except (ImportError, AttributeError):  # checked when the stage runs
+            config_cls = None
+        if config_cls is not None:
+            try:
+                config_cls.model_validate({**spec.preference.config, "model": "m", "data": "d", "output_dir": "o"})
+            except ValidationError as err:
+                raise validation_error(
+                    err, path=doc.path if doc else None,
+                    line_of=(lambda loc: doc.line_of(["preference", "config", *loc])) if doc else None,
+                    prefix=["preference", "config"]) from None
 
 
 # ================================================================================================ subsets
@@ -903,9 +918,12 @@ def run_cell(cell: Cell, ctx: Context) -> dict:
         from trainers.packing import pack_greedy
         from trainers.sft import train
 
+        # A few-shot prompt longer than max_length would leave no target to train on: drop such rows (unless the
+        # spec's train.truncation says otherwise); SFT and this count use the same setting.
+        truncation = spec.train.get("truncation", "drop")
         tokenizer = _tokenizer_for(ctx.model_dir)
         examples, stats = tokenize_rows(tokenizer, read_rows(mdir), max_length=budget.max_length,
-                                        truncation="truncate", source=mdir)
+                                        truncation=truncation, source=mdir)
         lengths = [len(e["input_ids"]) for e in examples]
         items = len(pack_greedy(lengths, budget.max_length)) if budget.packing else len(lengths)
         tokens_per_item = sum(lengths) / max(1, items)
@@ -914,7 +932,8 @@ def run_cell(cell: Cell, ctx: Context) -> dict:
         else:
             steps = max(1, round(budget.tokens / (tokens_per_item * budget.batch_size)))
         sft_dir = cdir / "sft"
-        cfg = {"progress": False, "tensorboard": False, "log_every": max(1, steps // 10), **spec.train,
+        cfg = {"progress": False, "tensorboard": False, "log_every": max(1, steps // 10), "truncation": truncation,
+               **spec.train,
                "model": str(ctx.model_dir), "data": str(mdir), "output_dir": str(sft_dir),
                "max_steps": steps, "batch_size": budget.batch_size, "packing": budget.packing,
                "max_length": budget.max_length, "seed": cell.seed, "resume": "auto"}

@@ -1,5 +1,6 @@
 """Scaling ablations: nested subsets, guards, resume, result files — grid mechanics with a fake cell runner, and
-one small real grid (mixture build + SFT + eval) on the session's nano model."""
+one small real grid (mixture build + SFT + DPO + eval, two worker processes, then a resume) on the session's nano
+model."""
 
 from __future__ import annotations
 
@@ -105,6 +106,8 @@ def test_budget_guard(tmp_path, tiny_model_dir):
      "train:\n  max_steps: 9\n", r"a.yaml:6: train.max_steps: set by the ablation"),
     ("held_out: {clusters: [logic]}\ntask_counts: [1]\nmodels: [nano]\nbudget: {steps: 2}\n"
      "train:\n  lr: -1\n", r"a.yaml:6: train.lr: "),
+    ("held_out: {clusters: [logic]}\ntask_counts: [1]\nmodels: [nano]\nbudget: {steps: 2}\n"
+     "preference:\n  config:\n    betta: 0.1\n", r"a.yaml:7: preference.config.betta: unknown key"),
     ("held_out: {clusters: [logic]}\ntask_counts: [1\n", r"a.yaml:\d+: malformed YAML"),
 ])
 def test_bad_yaml_one_line_exit_2(tmp_path, capsys, text, match):
@@ -194,6 +197,7 @@ def test_real_grid_end_to_end_and_resume(tmp_path, tiny_model_dir):
         held_out={"tasks": ["logic_order", "cls_parity"]},
         mixture={"template_types": {"zs_opt": 1, "zs_noopt": 1}},
         train={"lr": 3e-3},
+        preference={"stage": "dpo", "examples": 8, "config": {"max_steps": 2, "batch_size": 4}},
         eval={"limit": 4, "metrics": ["rank_classification"], "seen_limit": 2, "seen_metrics": ["exact_match"],
               "batch_size": 8})
     out = tmp_path / "out"
@@ -209,7 +213,10 @@ def test_real_grid_end_to_end_and_resume(tmp_path, tiny_model_dir):
         cfg = json.loads((cdir / "train_config.json").read_text())
         assert cfg["max_steps"] == 3 and cfg["seed"] == 0 and cfg["lr"] == 3e-3
         assert (cdir / "sft" / "sft_config.json").is_file() and (cdir / "eval_heldout.json").is_file()
-        assert not (cdir / "sft" / "final").exists(), "weights are dropped unless keep_models"
+        assert json.loads((cdir / "dpo_config.json").read_text())["model"].endswith("sft/final")
+        assert (cdir / "preferences.jsonl").read_text().count("\n") >= 4 and r["preference_seconds"] > 0
+        assert not (cdir / "sft" / "final").exists() and not (cdir / "dpo" / "final").exists(), \
+            "weights are dropped unless keep_models"
     assert set(rows["n001-nano-s0"]["tasks"]) < set(rows["n002-nano-s0"]["tasks"])
     assert rows["base-nano-s0"]["seen_score"] is None and rows["base-nano-s0"].get("steps") is None
     assert (out / "plot_tasks.png").stat().st_size > 0
