@@ -816,9 +816,11 @@ def _manifest(resolved: Resolved, spec: MixtureSpec, seed: int, plan: Plan, reco
                "cot": leaf.settings.cot if leaf.task.has_cot else 0.0, "inversion": leaf.settings.inversion,
                "randomize_options": leaf.settings.randomize_options} for leaf in resolved.leaves]
     targets = _targets(resolved, plan)
+    # The identity of a build: what it renders and from which bytes — not where the files sit, so parts built in
+    # different checkouts still merge.
     config = {"spec": spec.model_dump(mode="json", exclude_none=True), "seed": seed, "format": fmt,
               "messages": messages, "rows_per_shard": rows_per_shard, "planned_rows": len(plan), "leaves": leaves,
-              "inputs": inputs}
+              "inputs": {kind: sorted(hashes.values()) for kind, hashes in inputs.items()}}
     manifest = {
         "flanmix_version": __version__,
         "spec": config["spec"],
