@@ -174,3 +174,28 @@ def test_bundled_demo_builds_from_the_cli(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "flanmix", "build", "demo", "--out", str(tmp_path / "demo")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "already exists" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_flan2022_shape_over_imported_shared_data(shared_data, tmp_path):
+    from flanmix.importers import import_shared
+    from flanmix.mixture import find_mixture, load_spec
+    from flanmix.registry import Registry
+    from flanmix.stats import mixture_stats
+
+    spec, _ = load_spec(find_mixture("flan2022-shape"))
+    with pytest.raises(FlanmixError, match="unknown collection 'T0'"):
+        build(spec, tmp_path / "no", registry=Registry.discover(), progress=False)
+    import_shared(shared_data, tmp_path / "imports")
+    registry = Registry.discover([tmp_path / "imports"])
+    small = spec.model_copy(update={"size": spec.size.model_copy(update={"examples": 4000})})
+    build(small, tmp_path / "f22", registry=registry, progress=False, num_proc=2, rows_per_shard=1000)
+    shares = {c["name"].split("/")[0]: c for c in mixture_stats(tmp_path / "f22")["proportions"]["component"]}
+    expected = {"flan2021": 0.40, "t0": 0.32, "niv2": 0.20, "cot": 0.05, "dialog": 0.03}
+    for name, share in expected.items():
+        assert shares[name]["target"] == pytest.approx(share)
+        assert shares[name]["realized"] == pytest.approx(share, abs=0.01)
+    manifest = read_manifest(tmp_path / "f22")
+    for leaf in manifest["leaves"]:
+        assert leaf["template_types"] == {"zs_opt": 0.25, "zs_noopt": 0.25, "fs_opt": 0.25, "fs_noopt": 0.25}
+    assert [c["label"] for c in manifest["tree"]["components"]] == list(expected)
+    assert manifest["spec"]["components"][2]["mixture"]["rate"]["cap"] == 5000
