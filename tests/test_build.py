@@ -148,6 +148,10 @@ def test_epoch_and_token_sizes(registry, tmp_path):
     tokens = _build(registry, tmp_path / "t", spec=spec)
     total = tokens["lengths"]["inputs_tokens"]["total"] + tokens["lengths"]["targets_tokens"]["total"]
     assert 45_000 < total < 55_000
+    from flanmix.stats import mixture_stats
+
+    recount = mixture_stats(tmp_path / "t", tokenizer=str(tmp_path / "tokenizer.json"))["lengths"]
+    assert recount["inputs_tokens"] == tokens["lengths"]["inputs_tokens"]
 
 
 def test_stats_and_plot(registry, tmp_path):
