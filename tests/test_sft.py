@@ -186,3 +186,14 @@ def test_example_config_is_valid(repo_root):
 
     cfg = load_config(repo_root / "configs" / "sft.yaml", SFTConfig)
     assert cfg.packing and cfg.loop_config().output_dir == "runs/sft"
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tmp_path, tiny_model_dir, jsonl):
+    from trainers.sft import train
+
+    common = dict(model=str(tiny_model_dir), data=str(jsonl), max_steps=3, batch_size=4, max_length=48,
+                  log_every=1, progress=False, tensorboard=False, mixed_precision="no", save_final=False)
+    plain = [h["loss"] for h in train(dict(common, output_dir=str(tmp_path / "a"))).history]
+    ckpt = [h["loss"] for h in train(dict(common, output_dir=str(tmp_path / "b"),
+                                          gradient_checkpointing=True)).history]
+    assert ckpt == pytest.approx(plain, abs=1e-5)

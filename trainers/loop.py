@@ -371,9 +371,12 @@ def train(stage, cfg: LoopConfig) -> TrainResult:
 
     model = stage.model
     if cfg.gradient_checkpointing:
-        if not hasattr(model, "gradient_checkpointing_enable"):
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
             raise FlanmixError("model does not support gradient checkpointing", field="gradient_checkpointing")
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
 
     groups = stage.param_groups(model) if hasattr(stage, "param_groups") else None
@@ -542,11 +545,12 @@ def train(stage, cfg: LoopConfig) -> TrainResult:
     while step < total_steps:
         mbs = next_micro_batches()
         counts = [float(count_fn(b)) for b in mbs]
-        total_count = torch.tensor(sum(counts), device=device)
-        if world > 1:
-            total_count = accelerator.reduce(total_count, "sum")
         # loss_i * count_i / W is this micro-batch's share of the global mean; accelerate divides by gas and the
         # gradient all-reduce averages over processes, so both are multiplied back.
+        if world > 1:
+            total_count = accelerator.reduce(torch.tensor(sum(counts), device=device), "sum")
+        else:
+            total_count = sum(counts) or 1.0  # a Python float: no tensor op, no host-device copy
         scale = [c * gas * world / total_count for c in counts]
         step_loss = zero()
         for b, s, c in zip(mbs, scale, counts):
