@@ -785,7 +785,9 @@ def build(spec: MixtureSpec | dict | str | Path, out_dir: str | Path, *, seed: i
                                 "sha256": file_sha256(path), "stats": stats.to_json()})
                 bar.update(res["planned"])
 
-        if num_proc > 1 and len(mine) > 1:
+        if num_proc > 1 and len(mine) > 1 and "fork" in multiprocessing.get_all_start_methods():
+            # Fork, so workers inherit the loaded tasks (and Python-registered ones) instead of re-loading them.
+            # Where fork is unavailable (Windows) the build renders in this process: same bytes, one core.
             context = multiprocessing.get_context("fork")
             with context.Pool(min(num_proc, len(mine))) as pool:
                 consume(pool.imap(_render_shard, mine))
