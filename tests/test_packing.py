@@ -74,7 +74,10 @@ def test_truncate_and_drop_are_counted(tok):
     assert (st.kept, st.truncated, st.dropped) == (2, 1, 0) and len(ex[1]["input_ids"]) == 24
     ex, st = tokenize_rows(tok, rows, max_length=24, truncation="drop")
     assert (st.kept, st.truncated, st.dropped) == (1, 0, 1) and len(ex) == 1
-    with pytest.raises(FlanmixError, match="empty loss mask"):  # prompt alone fills max_length
+    # a prompt that alone fills max_length leaves nothing to train: dropped and counted, not trained on
+    ex, st = tokenize_rows(tok, rows + [{"inputs": "word " * 40, "targets": "x"}], max_length=24)
+    assert (st.kept, st.truncated, st.dropped, st.prompt_too_long) == (2, 1, 1, 1)
+    with pytest.raises(FlanmixError, match="dropped"):
         tokenize_rows(tok, [{"inputs": "word " * 40, "targets": "x"}], max_length=8)
 
 

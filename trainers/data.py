@@ -101,6 +101,7 @@ class TokenStats:
     kept: int = 0
     truncated: int = 0
     dropped: int = 0
+    prompt_too_long: int = 0      # dropped under `truncate` because the prompt alone fills max_length
     tokens: int = 0
     trained_tokens: int = 0
     max_len_seen: int = 0
@@ -222,8 +223,9 @@ def tokenize_rows(
 ) -> tuple[list[dict], TokenStats]:
     """Tokenize every row into {"input_ids", "labels"} (unshifted, -100 = untrained).
 
-    Rows longer than `max_length` are cut at the end (`truncate`) or skipped (`drop`); both are counted. A row
-    with no trained token (empty completion, or everything cut away) is a FlanmixError naming the row.
+    Rows longer than `max_length` are cut at the end (`truncate`) or skipped (`drop`); both are counted. Under
+    `truncate`, a row whose prompt alone fills max_length is skipped and counted as dropped (`prompt_too_long`). A
+    row with no trained token otherwise (empty completion, no assistant turn) is a FlanmixError naming the row.
     """
     if truncation not in ("truncate", "drop"):
         raise FlanmixError(f"unknown truncation {truncation!r}", field="truncation", expected="truncate | drop")
@@ -248,9 +250,15 @@ def tokenize_rows(
             ids, labels = ids[:max_length], labels[:max_length]
         n_trained = sum(1 for t in labels[1:] if t != IGNORE)  # label 0 has no preceding token to predict from
         if n_trained == 0:
-            why = "prompt fills max_length" if len(ids) == max_length else "empty completion"
-            raise FlanmixError(f"row {i} has an empty loss mask ({why})", file=source,
-                               expected=f"a non-empty completion within max_length={max_length}")
+            if len(ids) == max_length:
+                # The prompt alone fills max_length: truncation left nothing to learn. A length problem, not a
+                # data bug: the row is dropped and counted (truncated -> prompt_too_long).
+                stats.truncated -= 1
+                stats.dropped += 1
+                stats.prompt_too_long += 1
+                continue
+            raise FlanmixError(f"row {i} has an empty loss mask", file=source,
+                               expected="a non-empty completion")
         stats.kept += 1
         stats.tokens += len(ids)
         stats.trained_tokens += n_trained

@@ -92,7 +92,8 @@ class SFTStage(loop.Stage):
         if verbose and _is_main():
             s = self.stats
             packed = f", packed into {len(self.items)} rows" if cfg.packing else ""
-            print(f"[sft] {s.rows} rows: {s.kept} kept, {s.truncated} truncated, {s.dropped} dropped "
+            long = f" ({s.prompt_too_long} with a prompt longer than max_length)" if s.prompt_too_long else ""
+            print(f"[sft] {s.rows} rows: {s.kept} kept, {s.truncated} truncated, {s.dropped} dropped{long} "
                   f"(max_length {cfg.max_length}); {s.tokens} tokens, {s.trained_tokens} trained{packed}",
                   flush=True)
 
