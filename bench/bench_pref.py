@@ -118,9 +118,10 @@ def _ours_stage_run(stage, work: Path, steps: int, clock: _Clock) -> None:
     loop.train(stage, cfg)
 
 
-def worker(method: str, impl: str, work: Path, warmup: int, steps: int) -> dict:
+def worker(method: str, impl: str, work: Path, warmup: int, steps: int, threads: int) -> dict:
     import torch
 
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     clock = _Clock()
     total = warmup + steps
@@ -206,7 +207,7 @@ def _tok(work: Path):
 
 # --------------------------------------------------------------------------------------------------- main
 
-def run_one(method: str, impl: str, work: Path, warmup: int, steps: int) -> dict:
+def run_one(method: str, impl: str, work: Path, warmup: int, steps: int, threads: int) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
     paths = [str(HERE), str(ROOT)]
@@ -218,7 +219,7 @@ def run_one(method: str, impl: str, work: Path, warmup: int, steps: int) -> dict
         paths.insert(0, str(TRL112))
     env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", method, impl, "--work",
-                           str(work), "--warmup", str(warmup), "--steps", str(steps)],
+                           str(work), "--warmup", str(warmup), "--steps", str(steps), "--threads", str(threads)],
                           env=env, capture_output=True, text=True)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -240,12 +241,15 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=128)
     ap.add_argument("--methods", nargs="+", default=["rm", "dpo", "ppo"])
     ap.add_argument("--quick", action="store_true", help="3 warm-up steps")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per run, the same for both (default 1: steadier on a shared 2-core box)")
     ap.add_argument("--out", default=str(HERE / "results" / "pref.json"))
     args = ap.parse_args()
     if args.quick:
         args.warmup = 3
     if args.worker:
-        print(json.dumps(worker(args.worker[0], args.worker[1], Path(args.work), args.warmup, args.steps)))
+        print(json.dumps(worker(args.worker[0], args.worker[1], Path(args.work), args.warmup, args.steps,
+                                args.threads)))
         return
     with tempfile.TemporaryDirectory(prefix="bench_pref_") as tmp:
         work = Path(tmp)
@@ -254,13 +258,14 @@ def main() -> None:
         for rep in range(args.repeats):
             for method in args.methods:
                 for impl in ("trl", "ours"):
-                    r = run_one(method, impl, work, args.warmup, args.steps)
+                    r = run_one(method, impl, work, args.warmup, args.steps, args.threads)
                     runs.setdefault(method, {}).setdefault(impl, []).append(r)
                     print(f"  [{rep + 1}/{args.repeats}] {method:4s} {impl:4s} {r['steps_per_s']:.2f} steps/s "
                           f"{r['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
     results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
                "settings": {"batch": BATCH, "max_length": MAX_LEN, "ppo_new_tokens": NEW_TOKENS, "lr": LR,
                             "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats,
+                            "threads": args.threads, "load_average": os.getloadavg(),
                             "pairs": args.pairs, "model": "init-model tiny, vocab 4096"},
                "methods": {}}
     lines = ["| method | baseline | baseline steps/s | flanmix steps/s | speed-up (target) | baseline peak RSS | "

@@ -195,3 +195,23 @@ def test_ppo_bad_inputs(tmp_path, tiny_model_dir, capsys):
         from trainers.ppo import PPOConfig, build_stage
 
         build_stage(PPOConfig(**{**cfg, "reward_model": None}))
+
+
+def test_ppo_with_ptx_and_reward_model(tmp_path, tiny_model_dir):
+    from trainers.ppo import train
+    from trainers.rm import new_reward_model
+
+    rm_dir = tmp_path / "rm"
+    new_reward_model(tiny_model_dir).save_pretrained(rm_dir)
+    for f in tiny_model_dir.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(f, rm_dir / f.name)
+    ptx = tmp_path / "ptx.jsonl"
+    ptx.write_text("".join(json.dumps({"prompt": f"What is {a} + 1?", "completion": f" {a + 1}"}) + "\n"
+                           for a in range(16)))
+    res = train(_ppo_cfg(tmp_path, tiny_model_dir, "ptx", reward_model=str(rm_dir), ptx_data=str(ptx),
+                         ptx_coef=0.5, max_steps=2, rollout_batch_size=4, mini_batch_size=4, ppo_epochs=1,
+                         max_new_tokens=4))
+    steps = [r for r in res.history if "loss" in r]
+    assert len(steps) == 2 and all(r["ptx_loss"] > 0 for r in steps)
+    assert (tmp_path / "ptx" / "final" / "critic" / "config.json").is_file()
