@@ -244,6 +244,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per run, the same for both (default 1: steadier on a shared 2-core box)")
     ap.add_argument("--out", default=str(HERE / "results" / "pref.json"))
+    ap.add_argument("--merge", action="store_true", help="keep the other methods already in --out")
     args = ap.parse_args()
     if args.quick:
         args.warmup = 3
@@ -284,6 +285,15 @@ def main() -> None:
                      f"{med['trl']['peak_rss_mb']:.0f} MB | {med['ours']['peak_rss_mb']:.0f} MB |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge and out.is_file():
+        old = json.loads(out.read_text())
+        for method, res in old.get("methods", {}).items():
+            if method not in results["methods"]:
+                res.setdefault("settings", old.get("settings"))
+                results["methods"][method] = res
+        results["methods"] = {m: results["methods"][m] for m in ("rm", "dpo", "ppo") if m in results["methods"]}
+    for res in results["methods"].values():
+        res.setdefault("settings", results["settings"])
     out.write_text(json.dumps(results, indent=1))
     print("\n".join(lines))
     print(f"\nPPO steps are updates (rollout of {BATCH} x {NEW_TOKENS} tokens + 1 epoch). Results: {out}")

@@ -415,13 +415,8 @@ def collate(groups: Sequence[EncodedGroup], pad_id: int) -> dict:
     """
     import torch
 
-    order: list[tuple[int, int]] = []  # (group, response)
-    kmax = max(len(g.responses_ids) for g in groups)
-    for r in range(kmax):
-        for gi, g in enumerate(groups):
-            if r < len(g.responses_ids):
-                order.append((gi, r))
-    pos = {gr: n for n, gr in enumerate(order)}
+    batch = collate_meta(groups)
+    order = batch.pop("_order")
     seqs = [groups[gi].prompt_ids + groups[gi].responses_ids[r] for gi, r in order]
     T = max(len(s) for s in seqs)
     N = len(seqs)
@@ -432,27 +427,8 @@ def collate(groups: Sequence[EncodedGroup], pad_id: int) -> dict:
         input_ids[n, : len(s)] = torch.tensor(s, dtype=torch.long)
         attention_mask[n, : len(s)] = 1
         loss_mask[n, len(groups[gi].prompt_ids): len(s)] = 1
-    pc, pr, pg, pm = [], [], [], []
-    for gi, g in enumerate(groups):
-        for i, j in g.pairs():
-            pc.append(pos[(gi, i)])
-            pr.append(pos[(gi, j)])
-            pg.append(gi)
-            pm.append(g.margin if g.margin is not None else 0.0)
-    batch = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "loss_mask": loss_mask,
-        "group": torch.tensor([gi for gi, _ in order], dtype=torch.long),
-        "scores": torch.tensor([groups[gi].scores[r] for gi, r in order], dtype=torch.float32),
-        "lengths": attention_mask.sum(-1),
-        "pair_chosen": torch.tensor(pc, dtype=torch.long),
-        "pair_rejected": torch.tensor(pr, dtype=torch.long),
-        "pair_group": torch.tensor(pg, dtype=torch.long),
-        "pair_margin": torch.tensor(pm, dtype=torch.float32),
-    }
-    if all(g.ref_logps is not None for g in groups):
-        batch["ref_logps"] = torch.tensor([groups[gi].ref_logps[r] for gi, r in order], dtype=torch.float32)
+    batch.update({"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask,
+                  "lengths": attention_mask.sum(-1)})
     return batch
 
 
@@ -603,7 +579,7 @@ def collate_meta(groups: Sequence[EncodedGroup]) -> dict:
         "_order": order,
         "group": torch.tensor([gi for gi, _ in order], dtype=torch.long),
         "scores": torch.tensor([groups[gi].scores[r] for gi, r in order], dtype=torch.float32),
-        "lengths": torch.tensor([len(groups[gi].responses_ids[r]) for gi, r in order], dtype=torch.long),
+        "response_lengths": torch.tensor([len(groups[gi].responses_ids[r]) for gi, r in order], dtype=torch.long),
         "pair_chosen": torch.tensor(pc, dtype=torch.long),
         "pair_rejected": torch.tensor(pr, dtype=torch.long),
         "pair_group": torch.tensor(pg, dtype=torch.long),
