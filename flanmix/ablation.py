@@ -363,6 +363,18 @@ class Plan:
     models: dict[str, ModelEntry]
     notes: list[str] = field(default_factory=list)
     _chance: Any = None
+    _heldout_sets: Any = None
+
+    def heldout_sets(self) -> list:
+        """The held-out eval sets, rendered once and scored for every cell (`flanmix.eval.build_eval_sets`)."""
+        if self._heldout_sets is None:
+            from flanmix.eval import build_eval_sets
+
+            e = self.spec.eval
+            self._heldout_sets = build_eval_sets(sorted(self.held_out), registry_dirs=self.registry_dirs,
+                                                 split="validation", variant=e.variant, limit=e.limit,
+                                                 metrics=e.metrics)
+        return self._heldout_sets
 
     def cell_dir(self, cell: Cell) -> Path:
         return self.out / "cells" / cell.id
@@ -371,18 +383,13 @@ class Plan:
         """Held-out score of uniform guessing among the answer options (rank classification items only), averaged
         the way `heldout_score` is (tasks -> clusters -> mean); None when no held-out item has options."""
         if self._chance is None:
-            from flanmix.eval import task_eval_set
-
-            e = self.spec.eval
             by_cluster: dict[str, list[float]] = {}
-            for name in sorted(self.held_out):
-                task = self.registry.get(name)
-                items = task_eval_set(task, split="validation", variant=e.variant, limit=e.limit,
-                                      metrics=e.metrics).items
+            for es in self.heldout_sets():
+                items = es.items
                 ranked = [1 / len(it.options) for it in items
                           if "rank_classification" in it.metrics and it.options]
                 if ranked and all("rank_classification" in it.metrics for it in items):
-                    by_cluster.setdefault(task.cluster, []).append(sum(ranked) / len(ranked))
+                    by_cluster.setdefault(es.cluster, []).append(sum(ranked) / len(ranked))
             self._chance = (statistics.fmean(statistics.fmean(v) for v in by_cluster.values())
                             if by_cluster else float("nan"))
         return None if math.isnan(self._chance) else self._chance
@@ -825,7 +832,7 @@ def _limited_registry(registry, tasks: Sequence[str], k: int):
     return Registry(out)
 
 
-def _evaluate(plan: Plan, model_dir: Path, tasks: Sequence[str], out: Path, *, seen: bool = False) -> dict:
+def _evaluate(plan: Plan, model_dir: Path, tasks: Sequence[Any], out: Path, *, seen: bool = False) -> dict:
     from flanmix.eval import evaluate
 
     e = plan.spec.eval
@@ -918,8 +925,8 @@ def run_cell(cell: Cell, ctx: Context) -> dict:
         from trainers.packing import pack_greedy
         from trainers.sft import train
 
-        # A few-shot prompt longer than max_length would leave no target to train on: drop such rows (unless the
-        # spec's train.truncation says otherwise); SFT and this count use the same setting.
+        # Rows that do not fit max_length are dropped rather than cut (a cut target teaches a wrong answer), unless
+        # the spec's train.truncation says otherwise; SFT and this count use the same setting.
         truncation = spec.train.get("truncation", "drop")
         tokenizer = _tokenizer_for(ctx.model_dir)
         examples, stats = tokenize_rows(tokenizer, read_rows(mdir), max_length=budget.max_length,
@@ -966,7 +973,7 @@ def run_cell(cell: Cell, ctx: Context) -> dict:
 
     # 3. evaluation
     t0 = time.perf_counter()
-    held = _evaluate(plan, final, sorted(plan.held_out), cdir / "eval_heldout.json")
+    held = _evaluate(plan, final, plan.heldout_sets(), cdir / "eval_heldout.json")
     metrics.update(_scores(held, "heldout"))
     if spec.eval.seen and cell.tasks:
         seen = _evaluate(plan, final, cell.tasks, cdir / "eval_seen.json", seen=True)
@@ -1124,6 +1131,22 @@ def plot(plan: Plan, rows: Sequence[dict]) -> None:
         ([("seen_score", "seen tasks (validation)")] if any(r.get("seen_score") is not None for r in rows) else [])
     axis_label = "number of training tasks" if spec.axis == "tasks" else "number of training clusters"
 
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors: dict[tuple, str] = {}
+
+    def color(key: tuple) -> str:
+        # One color per line key in every panel, so held-out and seen panels read together.
+        if key not in colors:
+            colors[key] = palette[sum(k[0] == key[0] for k in colors) % len(palette)]
+        return colors[key]
+
+    for key in sorted({("model", r["model"], r.get("templates_per_task"), r.get("cot_share")) for r in rows},
+                      key=lambda k: (order.get(k[1], 99), k[2] or 0, k[3] or 0)):
+        color(key)
+    for key in sorted({("count", r["count"], r.get("templates_per_task"), r.get("cot_share")) for r in rows},
+                      key=lambda k: (k[1], k[2] or 0, k[3] or 0)):
+        color(key)
+
     def label(model: str, tpl, cot) -> str:
         return model + (f", {tpl} tpl" if tpl is not None else "") + (f", cot {cot:g}" if cot is not None else "")
 
@@ -1137,11 +1160,11 @@ def plot(plan: Plan, rows: Sequence[dict]) -> None:
         for key in sorted(lines, key=lambda k: (order.get(k[0], 99), k[1] or 0, k[2] or 0)):
             pts = sorted(lines[key], key=lambda g: g["count"])
             ax.errorbar([g["count"] for g in pts], [g["mean"] for g in pts], yerr=[g["std"] or 0 for g in pts],
-                        marker="o", capsize=3, label=label(*key))
+                        marker="o", capsize=3, label=label(*key), color=color(("model", *key)))
         if metric == "heldout_score" and plan.chance() is not None:
             ax.axhline(plan.chance(), color="grey", linestyle="--", linewidth=1, label="chance")
         ax.set_xscale("symlog", base=2, linthresh=1)
-        counts = sorted({g["count"] for g in groups})
+        counts = sorted({g["count"] for g in groups if g["mean"] is not None})
         ax.set_xticks(counts)
         ax.set_xticklabels([str(c) for c in counts])
         ax.set_xlabel(axis_label)
@@ -1157,20 +1180,26 @@ def plot(plan: Plan, rows: Sequence[dict]) -> None:
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4), squeeze=False)
     for ax, (metric, title) in zip(axes[0], metrics):
         groups = [g for g in aggregate(rows, metric) if g["mean"] is not None]
+        ticks: dict[float, str] = {}
         lines = {}
         for g in groups:
             lines.setdefault((g["count"], g["templates_per_task"], g["cot_share"]), []).append(g)
         for key in sorted(lines, key=lambda k: (k[0], k[1] or 0, k[2] or 0)):
             pts = sorted(lines[key], key=lambda g: (g["model_params"] or 0, order.get(g["model"], 99)))
             xs = [g["model_params"] or (i + 1) for i, g in enumerate(pts)]
-            name = "untrained" if key[0] == 0 else f"{key[0]} {spec.axis}"
+            unit = spec.axis if key[0] != 1 else spec.axis[:-1]
+            name = "untrained" if key[0] == 0 else f"{key[0]} {unit}"
             name += (f", {key[1]} tpl" if key[1] is not None else "") + (f", cot {key[2]:g}" if key[2] is not None
                                                                           else "")
             ax.errorbar(xs, [g["mean"] for g in pts], yerr=[g["std"] or 0 for g in pts], marker="o", capsize=3,
-                        label=name)
+                        label=name, color=color(("count", *key)))
+            ticks.update({x: f"{g['model']}\n{_params(g['model_params'])}" for x, g in zip(xs, pts)})
         if metric == "heldout_score" and plan.chance() is not None:
             ax.axhline(plan.chance(), color="grey", linestyle="--", linewidth=1, label="chance")
         ax.set_xscale("log")
+        ax.set_xticks(sorted(ticks))
+        ax.set_xticklabels([ticks[x] for x in sorted(ticks)])
+        ax.minorticks_off()
         ax.set_xlabel("model parameters")
         ax.set_ylabel("score")
         ax.set_title(title)
