@@ -612,6 +612,23 @@ def read_result(plan: Plan, cell: Cell) -> dict | None:
     return result if result.get("cell_hash") == cell.hash else None
 
 
+def start_cell_dir(plan: Plan, cell: Cell) -> Path:
+    """Create the cell folder for a (re)run. Leftovers of an attempt with a different cell config (checkpoints,
+    mixture, a stale result) are removed first, so SFT's resume never continues someone else's run."""
+    cdir = plan.cell_dir(cell)
+    stamp = cdir / "cell.json"
+    if cdir.exists():
+        try:
+            old = json.loads(stamp.read_text(encoding="utf-8")).get("cell_hash")
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old != cell.hash:
+            shutil.rmtree(cdir)
+    cdir.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(stamp, {"cell_hash": cell.hash, **_cell_config(plan, cell)})
+    return cdir
+
+
 def _stderr(msg: str) -> None:
     print(f"[ablate] {msg}", file=sys.stderr, flush=True)
 
@@ -731,7 +748,7 @@ def run(spec: AblationSpec | str | Path, out: str | Path, *, runner: Runner | No
         write_reports(plan, plots=False)  # tables track progress; plots once at the end
 
     def announce(cell: Cell, log=log) -> None:
-        plan.cell_dir(cell).mkdir(parents=True, exist_ok=True)
+        start_cell_dir(plan, cell)
         log(f"cell {cell.id}: {len(cell.tasks)} tasks ({', '.join(cell.tasks[:4])}"
             f"{' ...' if len(cell.tasks) > 4 else ''})")
 

@@ -159,12 +159,15 @@ def test_results_resume_and_skip(tmp_path):
     (out / "cells" / "n004-nano-s0" / "result.json").write_text("{trunc")
     res = ablation.run(spec, out, runner=fake_runner(calls))
     assert sorted(calls) == ["n002-tiny-s1", "n004-nano-s0"] and len(res["rows"]) == 16
-    # a changed budget changes every trained cell's hash: those rerun, the baselines do not
+    # a changed budget changes every trained cell's hash: those rerun (in a clean folder), the baselines do not
     calls.clear()
+    (out / "cells" / "n001-nano-s0" / "leftover-checkpoint").mkdir()
     spec = write_spec(tmp_path / "a.yaml", models=["nano", "tiny"], seeds=[0, 1], baseline=True,
                       budget={"steps": 3, "batch_size": 2, "max_length": 128})
     ablation.run(spec, out, runner=fake_runner(calls))
     assert len(calls) == 16
+    assert not (out / "cells" / "n001-nano-s0" / "leftover-checkpoint").exists()
+    assert json.loads((out / "cells" / "n001-nano-s0" / "cell.json").read_text())["budget"]["steps"] == 3
 
 
 def test_interrupted_run_resumes(tmp_path):
