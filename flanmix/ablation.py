@@ -1,5 +1,5 @@
 """Scaling ablations: held-out performance over a grid of task count × model size (× templates per task × CoT
-share) × seeds, as in Flan 2021 (Wei et al., §4.1-4.2) and Flan 2022 (Longpre et al., §3).
+share) × seeds, as in Flan 2021 (Wei et al., §4.1-4.2) and the Flan 2022 scaling studies (Longpre et al.).
 
     flanmix ablate ablations/demo.yaml --out runs/ablate
 
