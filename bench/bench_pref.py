@@ -10,7 +10,8 @@ back to back, `--repeats` times, and the medians are reported.
 
 Steps/s is measured between the end of warm-up step `--warmup` and the last step (data, forward, backward,
 optimizer; for PPO one update = rollout of 8 prompts x 32 new tokens + one PPO epoch). flanmix DPO precomputes
-the reference log-probs before training; that one-off pass is reported as `setup_s` and is not in steps/s.
+the reference log-probs before training; that one-off setup (model load, tokenization, the reference pass) is
+reported as `setup_s` and is not in steps/s.
 TRL 1.12 (the last release with PPO) is installed into bench/.trl112 on first use:
 `pip install --no-deps --target bench/.trl112 trl==1.12.0`.
 """
@@ -279,7 +280,7 @@ def main() -> None:
                                       "speedup": ratio, "target": TARGETS[method],
                                       "rss_ratio": med["ours"]["peak_rss_mb"] / med["trl"]["peak_rss_mb"],
                                       "runs": by}
-        extra = f" (+{med['ours']['setup_s']:.2f} s ref. log-probs)" if method == "dpo" else ""
+        extra = f" (+{med['ours']['setup_s']:.1f} s one-off setup incl. reference log-probs)" if method == "dpo" else ""
         lines.append(f"| {method} | {BASELINE_NAME[method]} | {med['trl']['steps_per_s']:.2f} | "
                      f"{med['ours']['steps_per_s']:.2f}{extra} | {ratio:.2f}x ({TARGETS[method]}x) | "
                      f"{med['trl']['peak_rss_mb']:.0f} MB | {med['ours']['peak_rss_mb']:.0f} MB |")

@@ -215,3 +215,20 @@ def test_ppo_with_ptx_and_reward_model(tmp_path, tiny_model_dir):
     steps = [r for r in res.history if "loss" in r]
     assert len(steps) == 2 and all(r["ptx_loss"] > 0 for r in steps)
     assert (tmp_path / "ptx" / "final" / "critic" / "config.json").is_file()
+
+
+def test_action_logprobs_equal_full_logits(tiny_model_dir):
+    from trainers.dpo import load_policy
+    from trainers.logprobs import token_logprobs
+    from trainers.ppo import _position_ids, action_logprobs
+
+    actor = load_policy(tiny_model_dir).eval()
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 200, (3, 10), generator=gen)
+    attn = torch.tensor([[1] * 10, [1] * 7 + [0] * 3, [1] * 5 + [0] * 5])
+    amask = torch.zeros(3, 9)
+    amask[0, 4:9], amask[1, 3:6], amask[2, 1:4] = 1, 1, 1
+    with torch.no_grad():
+        full = token_logprobs(actor(input_ids=ids, attention_mask=attn, position_ids=_position_ids(attn)).logits, ids)
+        got = action_logprobs(actor, ids, attn, amask)
+    assert torch.allclose(got, full * amask, atol=1e-5)

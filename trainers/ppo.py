@@ -134,6 +134,25 @@ def actor_forward(actor, input_ids, attention_mask):
                  use_cache=False).logits
 
 
+def action_logprobs(actor, input_ids, attention_mask, action_mask, with_entropy: bool = False):
+    """log π(a_t) on the [N, T-1] grid of `action_mask` (zero elsewhere), and optionally the mean entropy there.
+
+    The vocabulary projection runs only at the positions that predict an action token, so no [N, T, V] logits
+    tensor is ever built (the output head must be a plain linear layer)."""
+    hidden = actor.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=_position_ids(attention_mask), use_cache=False).last_hidden_state
+    sel = action_mask.bool()
+    logits = actor.get_output_embeddings()(hidden[:, :-1][sel])
+    lp = gather_logprobs(logits, input_ids[:, 1:][sel])
+    out = torch.zeros(action_mask.shape, dtype=lp.dtype, device=lp.device)
+    out = out.index_put((sel.nonzero(as_tuple=True)), lp)
+    if not with_entropy:
+        return out
+    with torch.no_grad():
+        ent = entropy_from_logits(logits).mean() if logits.shape[0] else logits.new_zeros(())
+    return out, ent
+
+
 def critic_forward(critic, input_ids, attention_mask) -> torch.Tensor:
     from trainers.rm import scalar_head
 
@@ -265,19 +284,15 @@ class PPOStage:
     def loss(self, model, batch):
         actor, critic = model.actor, model.critic
         ids, attn, amask = batch["input_ids"], batch["attention_mask"], batch["action_mask"]
-        logits = actor_forward(actor, ids, attn)[:, :-1]
-        logps = gather_logprobs(logits, ids[:, 1:])
+        logps, ent = action_logprobs(actor, ids, attn, amask, with_entropy=True)
         values = critic_forward(critic, ids, attn)[:, :-1]
         pg, pg_stats = policy_loss(logps, batch["old_logps"], batch["advantages"], amask, self.clip)
         vf, vf_stats = value_loss(values, batch["old_values"], batch["returns"], amask, self.value_clip)
         loss = pg + self.vf_coef * vf
-        with torch.no_grad():
-            ent = masked_mean(entropy_from_logits(logits), amask).item()
-        metrics = {"policy_loss": pg.item(), "value_loss": vf.item(), "entropy": ent, **pg_stats, **vf_stats}
+        metrics = {"policy_loss": pg.item(), "value_loss": vf.item(), "entropy": ent.item(), **pg_stats, **vf_stats}
         if "ptx_input_ids" in batch:
-            pl = actor_forward(actor, batch["ptx_input_ids"], batch["ptx_attention_mask"])
             pm = batch["ptx_loss_mask"][:, 1:].float()
-            ptx = -masked_mean(gather_logprobs(pl[:, :-1], batch["ptx_input_ids"][:, 1:]), pm)
+            ptx = -masked_mean(action_logprobs(actor, batch["ptx_input_ids"], batch["ptx_attention_mask"], pm), pm)
             loss = loss + self.ptx_coef * ptx
             metrics["ptx_loss"] = ptx.item()
         return loss, metrics
@@ -384,8 +399,9 @@ class PPOStage:
             attn[i, : len(s)] = 1
             amask[i, len(p) - 1: len(s) - 1] = 1
         ids_d, attn_d = ids.to(device), attn.to(device)
-        old_logps = gather_logprobs(actor_forward(actor, ids_d, attn_d)[:, :-1], ids_d[:, 1:]).cpu()
-        ref_logps = gather_logprobs(actor_forward(self.ref_model, ids_d, attn_d)[:, :-1], ids_d[:, 1:]).cpu()
+        amask_d = amask.to(device)
+        old_logps = action_logprobs(actor, ids_d, attn_d, amask_d).cpu()
+        ref_logps = action_logprobs(self.ref_model, ids_d, attn_d, amask_d).cpu()
         values = critic_forward(critic, ids_d, attn_d)[:, :-1].cpu()
         prompts_text = [self.tokenizer.decode(p, skip_special_tokens=True) for p in p_ids]
         completions = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
