@@ -166,8 +166,9 @@ def test_over_max_length_truncate_or_drop(tmp_path, tiny_model_dir, capsys):
     stats = json.loads((tmp_path / "run" / "data_stats.json").read_text())
     assert (stats["kept"], stats["truncated"], stats["dropped"]) == (10, 2, 0)
     assert "2 truncated" in capsys.readouterr().out
-    cfg = _yaml(tmp_path, tiny_model_dir, p, max_steps=1, truncation="drop", output_dir=str(tmp_path / "r2"))
-    assert main(["train", "sft", "--config", str(cfg)]) == 0
+    cfg = _yaml(tmp_path, tiny_model_dir, p, max_steps=1)
+    assert main(["train", "sft", "--config", str(cfg), "--set", "truncation=drop",
+                 "--set", f"output_dir={tmp_path / 'r2'}"]) == 0
     stats = json.loads((tmp_path / "r2" / "data_stats.json").read_text())
     assert (stats["kept"], stats["truncated"], stats["dropped"]) == (8, 0, 2)
 
