@@ -157,7 +157,11 @@ def test_bad_preference_data_fails_the_stage_without_a_marker(tmp_path, tiny_mod
             load_preferences(bad)
 
 
-def test_shipped_demo_pipeline_is_valid(repo_root):
+def test_shipped_pipelines_are_valid(repo_root):
     cfg, stages = plan(repo_root / "configs" / "pipelines" / "demo.yaml")
     assert [s.kind for s in stages] == ["sft", "rm", "dpo"]
     assert stages[2].config.model == stages[1].config.model == str(stages[0].out / "final")
+    _, ppo = plan(repo_root / "configs" / "pipelines" / "ppo.yaml")
+    assert ppo[2].config.reward_model == str(ppo[1].out / "final")
+    _, rrhf = plan(repo_root / "configs" / "pipelines" / "rrhf.yaml")
+    assert rrhf[2].config.candidates.sample_from == str(rrhf[0].out / "final")
