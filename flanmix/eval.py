@@ -196,6 +196,8 @@ def task_eval_set(task, *, split: str = "validation", variant: str = "zs_opt", l
     """Eval items of a registered task: its held-out rows rendered with the non-inverted templates (cycled, or
     one fixed `template_idx`). `*_opt` falls back to `*_noopt` for a task without answer options. `metrics`
     restricts the spec's metrics (e.g. only rank_classification for a fast run)."""
+    from trainers.data import TARGET_DELIMITER  # torch-free module: the SFT join rule
+
     if variant not in VARIANTS:
         raise FlanmixError(f"unknown variant {variant!r}", field="variant", expected=" | ".join(VARIANTS))
     if split not in ("validation", "train"):
@@ -229,8 +231,9 @@ def task_eval_set(task, *, split: str = "validation", variant: str = "zs_opt", l
                 skipped_rank += 1
         if not item_metrics:
             continue
-        items.append(EvalItem(r.inputs, r.targets, tuple(item_metrics),
-                              list(r.options) if answer_index is not None else None, answer_index,
+        # Options are scored as SFT trains a Flan row's target: after the target delimiter.
+        options = [TARGET_DELIMITER + o for o in r.options] if answer_index is not None else None
+        items.append(EvalItem(r.inputs, r.targets, tuple(item_metrics), options, answer_index,
                               stop, example.example_id))
     if skipped_rank:
         notes.append(f"{skipped_rank} rows without options containing the answer: no rank_classification for them")

@@ -13,6 +13,11 @@ BOS included if the tokenizer adds one) and concatenate the ids. `check_prefix` 
 result. EOS is appended to every trained segment as an id (never as text), so it is in the labels even when
 pad == eos: masking is driven by the labels we build, never by comparing ids to pad.
 
+Flan rows (`inputs`/`targets`) are stored stripped, as the Flan collection stores them. A decoder-only model reads
+them as one text, so the completion is `TARGET_DELIMITER + targets` (a space, as in lm-evaluation-harness): the
+answer then tokenizes the same way at the end of a few-shot prompt ("A:" + " 39") as inside its exemplars
+("A: 39"). `prompt`/`completion` rows are taken verbatim: their author chose the spacing.
+
 Labels are returned *unshifted* (`labels[t]` is the target for token t, -100 = not trained); collators shift them.
 """
 
@@ -26,6 +31,7 @@ from typing import Any, Iterable, Literal, Sequence
 from flanmix.errors import FlanmixError
 
 IGNORE = -100
+TARGET_DELIMITER = " "  # between a Flan row's inputs and targets; evaluation scores options with the same prefix
 Truncation = Literal["truncate", "drop"]
 
 
@@ -190,6 +196,8 @@ def row_to_ids(tokenizer, row: dict, fmt: str, *, bos: bool) -> tuple[list[int],
         if not completion:
             # Only EOS would be trained: almost always a data bug, so it is an error rather than a silent row.
             raise FlanmixError("empty loss mask (empty completion)", field=ck)
+        if fmt == "inputs_targets":
+            completion = TARGET_DELIMITER + completion
         return tokenize_prompt_completion(tokenizer, _text(row, pk), completion, bos=bos)
     messages = row.get("messages")
     if not isinstance(messages, list):

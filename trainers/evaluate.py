@@ -5,8 +5,9 @@ This module knows nothing about tasks: it takes prompts (strings) and returns ge
 
 Tokenization matches SFT training (`trainers.data.tokenize_prompt_completion`): the prompt is tokenized on its own
 (BOS prepended when the tokenizer adds one), the completion is tokenized on its own and its ids appended, then EOS.
-No separator text is inserted between prompt and completion. So at inference the model continues the prompt's ids,
-and an option is scored as exactly the id sequence the model was trained to produce after that prompt, EOS
+No text is inserted here: callers pass completions as trained (`flanmix.eval` prefixes a Flan row's options with
+`trainers.data.TARGET_DELIMITER`, as SFT does with its targets). So at inference the model continues the prompt's
+ids, and an option is scored as exactly the id sequence the model was trained to produce after that prompt, EOS
 included (`include_eos=True`; that also stops an option that is a prefix of another, "4" vs "46", from winning
 by being short).
 
