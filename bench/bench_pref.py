@@ -134,7 +134,7 @@ def worker(method: str, impl: str, work: Path, warmup: int, steps: int, threads:
 
             stage = build_stage(RMConfig(model=str(work / "model"), data=str(work / "prefs.jsonl"),
                                          output_dir=str(work / "ours_rm"), eval_fraction=0.0, max_length=MAX_LEN))
-        elif method == "dpo":
+        elif method in ("dpo", "dpo-pre"):
             from trainers.dpo import DPOConfig, build_stage
 
             t0 = time.perf_counter()
@@ -164,11 +164,13 @@ def worker(method: str, impl: str, work: Path, warmup: int, steps: int, threads:
             tr = trl.RewardTrainer(model=new_reward_model(work / "model", seed=0), args=args, processing_class=_tok(work),
                                    train_dataset=Dataset.from_list(_rows(work)), callbacks=[_trl_callback(clock)])
             tr.train()
-        elif method == "dpo":
+        elif method in ("dpo", "dpo-pre"):
             import trl
             from transformers import AutoModelForCausalLM
 
-            args = trl.DPOConfig(max_length=MAX_LEN, beta=0.1, **_trl_common(trl.DPOConfig, work, total))
+            # dpo-pre: TRL also precomputes the reference log-probs (its optional mode) - isolates that effect
+            args = trl.DPOConfig(max_length=MAX_LEN, beta=0.1, precompute_ref_log_probs=(method == "dpo-pre"),
+                                 **_trl_common(trl.DPOConfig, work, total))
             tr = trl.DPOTrainer(model=AutoModelForCausalLM.from_pretrained(work / "model"), args=args,
                                 processing_class=_tok(work), train_dataset=Dataset.from_list(_rows(work)),
                                 callbacks=[_trl_callback(clock)])
@@ -228,8 +230,9 @@ def run_one(method: str, impl: str, work: Path, warmup: int, steps: int, threads
     return json.loads(lines[-1])
 
 
-TARGETS = {"rm": 1.2, "dpo": 1.5, "ppo": 1.5}
-BASELINE_NAME = {"rm": "TRL 1.16 RewardTrainer", "dpo": "TRL 1.16 DPOTrainer", "ppo": "TRL 1.12 PPOTrainer"}
+TARGETS = {"rm": 1.2, "dpo": 1.5, "dpo-pre": None, "ppo": 1.5}
+BASELINE_NAME = {"rm": "TRL 1.16 RewardTrainer", "dpo": "TRL 1.16 DPOTrainer",
+                 "dpo-pre": "TRL 1.16 DPOTrainer, precompute_ref_log_probs", "ppo": "TRL 1.12 PPOTrainer"}
 
 
 def main() -> None:
@@ -280,9 +283,11 @@ def main() -> None:
                                       "speedup": ratio, "target": TARGETS[method],
                                       "rss_ratio": med["ours"]["peak_rss_mb"] / med["trl"]["peak_rss_mb"],
                                       "runs": by}
-        extra = f" (+{med['ours']['setup_s']:.1f} s one-off setup incl. reference log-probs)" if method == "dpo" else ""
+        extra = (f" (+{med['ours']['setup_s']:.1f} s one-off setup incl. reference log-probs)"
+                 if method.startswith("dpo") else "")
+        target = f"{TARGETS[method]}x" if TARGETS[method] else "-"
         lines.append(f"| {method} | {BASELINE_NAME[method]} | {med['trl']['steps_per_s']:.2f} | "
-                     f"{med['ours']['steps_per_s']:.2f}{extra} | {ratio:.2f}x ({TARGETS[method]}x) | "
+                     f"{med['ours']['steps_per_s']:.2f}{extra} | {ratio:.2f}x ({target}) | "
                      f"{med['trl']['peak_rss_mb']:.0f} MB | {med['ours']['peak_rss_mb']:.0f} MB |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -292,7 +297,7 @@ def main() -> None:
             if method not in results["methods"]:
                 res.setdefault("settings", old.get("settings"))
                 results["methods"][method] = res
-        results["methods"] = {m: results["methods"][m] for m in ("rm", "dpo", "ppo") if m in results["methods"]}
+        results["methods"] = {m: results["methods"][m] for m in TARGETS if m in results["methods"]}
     for res in results["methods"].values():
         res.setdefault("settings", results["settings"])
     out.write_text(json.dumps(results, indent=1))
