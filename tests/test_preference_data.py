@@ -173,3 +173,8 @@ def test_prefix_shared_batches_give_the_same_numbers(tiny_model_dir):
             assert torch.allclose(batch_sequence_logprobs(policy, padded, avg),
                                   batch_sequence_logprobs(policy, shared, avg), atol=1e-5)
         assert torch.allclose(batch_reward_scores(rm, padded), batch_reward_scores(rm, shared), atol=1e-5)
+        from transformers import AutoModelForCausalLM
+
+        eager = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager")
+        assert torch.allclose(batch_sequence_logprobs(policy, padded), batch_sequence_logprobs(eager, shared),
+                              atol=1e-5)

@@ -99,7 +99,18 @@ def precompute_sequence_logprobs(model, batches, average: bool = False) -> torch
 
 def shared_hidden(model, batch: dict) -> torch.Tensor:
     """Last hidden states [G, L, H] of a prefix-shared batch (see trainers.preference.collate_shared)."""
-    return model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+    mask = batch["attention_mask"]
+    impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    if mask.is_floating_point():
+        # sdpa (and flex/flash paths) take a boolean "may attend" mask, which is dtype-agnostic under autocast;
+        # eager adds the mask to the scores, so it gets the additive form in the compute dtype
+        if impl != "eager":
+            mask = mask == 0
+        else:
+            dtype = torch.get_autocast_dtype(mask.device.type) if torch.is_autocast_enabled(mask.device.type) \
+                else next(model.parameters()).dtype
+            mask = mask.to(dtype).clamp(min=torch.finfo(dtype).min)
+    return model.base_model(input_ids=batch["input_ids"], attention_mask=mask,
                             position_ids=batch["position_ids"], use_cache=False).last_hidden_state
 
 
