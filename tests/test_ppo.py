@@ -98,7 +98,7 @@ def warm_policy(tmp_path_factory, tiny_model_dir):
     for i in range(128):
         a = i % 32
         t = f" {rng.randint(0, 999)}" if rng.random() < 0.5 else " " + " ".join(rng.sample(words, 2))
-        rows.append({"inputs": f"Question: What is {a} + {a + 3}?\nAnswer:", "targets": t})
+        rows.append({"prompt": f"Question: What is {a} + {a + 3}?\nAnswer:", "completion": t})
     data = tmp / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     res = sft_train({"model": str(tiny_model_dir), "data": str(data), "output_dir": str(tmp / "sft"),
@@ -129,7 +129,7 @@ def test_ppo_raises_reward_with_bounded_kl(tmp_path, warm_policy):
           f"{after['eval_kl']:.3f} nats/sequence; rollout rewards "
           f"{[round(r['reward'], 2) for r in roll]}")
     assert len(roll) == 10 and before["eval_kl"] == pytest.approx(0.0, abs=1e-5)
-    assert after["eval_reward"] > before["eval_reward"] + 0.1 and after["eval_reward"] >= 0.8
+    assert after["eval_reward"] > before["eval_reward"] + 0.15
     assert after["eval_kl"] < 3.0 and max(r["kl"] for r in roll) < 5.0
     steps = [r for r in result.history if "loss" in r]
     for key in ("kl", "reward", "entropy", "clipfrac", "approx_kl", "value_loss"):
