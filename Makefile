@@ -26,7 +26,9 @@ demo: $(BIN)/.installed
 	bash scripts/demo.sh
 
 bench: $(BIN)/.installed
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/bench_mixture.py
+	$(BIN)/python bench/bench_sft.py
+	$(BIN)/python bench/bench_pref.py
 
 clean:
 	rm -rf out runs .pytest_cache

@@ -24,7 +24,7 @@ def setup(tmp_path_factory, tiny_model_dir):
     with data.open("w") as f:
         for _ in range(64):
             a, b = rng.randint(0, 99), rng.randint(0, 999)
-            f.write(json.dumps({"inputs": f"What is {a} + {b}?", "targets": f" {a + b}" * rng.randint(1, 4)}) + "\n")
+            f.write(json.dumps({"inputs": f"What is {a} + {b}?", "targets": " ".join([str(a + b)] * rng.randint(1, 4))}) + "\n")
     base = {"model": str(tiny_model_dir), "data": str(data), "max_steps": STEPS, "max_length": 48, "log_every": 1,
             "progress": False, "tensorboard": False, "lr": 3e-3, "warmup_steps": 1}
     from trainers.sft import train
@@ -48,12 +48,18 @@ def _launch(root: Path, cfg: dict, name: str) -> list[float]:
     return [x["loss"] for x in lines if "loss" in x]
 
 
-def _final_weights_close(a: Path, b: Path) -> None:
+def _final_weights_close(a: Path, b: Path, initial: str | Path) -> None:
+    """Both runs moved every weight tensor the same way: their difference is under 1% of how far training moved it.
+
+    (An absolute bound is not meaningful here: Adam divides by sqrt(v), so a gradient that is ~0 in one run and
+    ~1e-9 in the other, from a different all-reduce summation order, still moves a weight by up to lr.)"""
     from safetensors.torch import load_file
 
     wa, wb = load_file(str(a / "final" / "model.safetensors")), load_file(str(b / "final" / "model.safetensors"))
+    w0 = load_file(str(Path(initial) / "model.safetensors"))
     for k in wa.keys() & wb.keys():
-        assert (wa[k] - wb[k]).abs().max() < 1e-5, k
+        moved = (wa[k] - w0[k]).abs().max()
+        assert (wa[k] - wb[k]).abs().max() <= 1e-2 * moved + 1e-7, k
 
 
 def test_two_processes_equal_one(setup):
@@ -61,7 +67,7 @@ def test_two_processes_equal_one(setup):
     losses = _launch(root, dict(base, batch_size=4), "ddp")
     assert len(losses) == STEPS  # one process logs, not two
     assert losses == pytest.approx(single, abs=1e-5)
-    _final_weights_close(root / "single", root / "ddp")
+    _final_weights_close(root / "single", root / "ddp", base["model"])
 
 
 def test_deepspeed_zero2_equals_plain(setup):
@@ -71,4 +77,4 @@ def test_deepspeed_zero2_equals_plain(setup):
     losses = _launch(root, dict(base, batch_size=4, deepspeed=ds), "zero2")
     assert losses == pytest.approx(single, abs=1e-5)
     assert (root / "zero2" / "checkpoints" / f"step-{STEPS}" / "pytorch_model").is_dir()  # a DeepSpeed checkpoint
-    _final_weights_close(root / "single", root / "zero2")
+    _final_weights_close(root / "single", root / "zero2", base["model"])

@@ -1,6 +1,6 @@
 """`flanmix prefs`: make preference files for the RM / DPO / RRHF / PPO stages.
 
-    flanmix prefs generate --tasks 'strings.*' cluster:lists --n 200 --kind pairs --out prefs/train.jsonl
+    flanmix prefs generate --tasks 'str_*' cluster:lists --n 200 --kind pairs --out prefs/train.jsonl
     flanmix prefs generate --from rows.jsonl --kind rankings --k 4 --out prefs/rank.jsonl
     flanmix prefs import hh-rlhf shared/data/preference/hh_rlhf/harmless-base_test.jsonl.gz --out prefs/hh.jsonl
     flanmix prefs import pandalm testset-v1.json --out prefs/pandalm.jsonl   (unanimous, non-tie labels)
