@@ -24,6 +24,7 @@ from pydantic import Field
 
 from flanmix.errors import FlanmixError
 from trainers.config import LoopSettings
+from trainers.preference import GroupDataStage
 from trainers.logprobs import batch_sequence_logprobs, precompute_sequence_logprobs, sequence_logprobs
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
@@ -113,7 +114,7 @@ def attach_reference_logprobs(model, encoded_groups, pad_id: int, batch_size: in
             chunk[gi].ref_logps[r] = float(lp[n])
 
 
-class DPOStage:
+class DPOStage(GroupDataStage):
     """Stage protocol object for `trainers.loop.train` (see trainers/loop.py)."""
 
     name = "dpo"
@@ -151,17 +152,6 @@ class DPOStage:
     def setup(self, ctx) -> None:
         if self.ref_model is not None:
             self.ref_model.to(ctx.device)
-
-    def train_dataset(self):
-        return self._train
-
-    def eval_dataset(self):
-        return self._eval
-
-    def collate(self, rows):
-        from trainers.preference import collate, collate_shared
-
-        return (collate_shared if self.prefix_sharing else collate)(rows, self.pad_id)
 
     def count(self, batch) -> int:
         return int(batch["pair_chosen"].numel())

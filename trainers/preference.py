@@ -592,3 +592,22 @@ def collate_meta(groups: Sequence[EncodedGroup]) -> dict:
 
 def is_shared(batch: dict) -> bool:
     return "tok_row" in batch
+
+
+class GroupDataStage:
+    """What the RM, DPO and RRHF stages share: train/held-out groups (`_train`, `_eval`) and collation, with
+    prompt sharing (`prefix_sharing`) or padded pairs, using the stage's `pad_id`."""
+
+    _train: Sequence[EncodedGroup]
+    _eval: Sequence[EncodedGroup] | None
+    prefix_sharing: bool
+    pad_id: int
+
+    def train_dataset(self):
+        return self._train
+
+    def eval_dataset(self):
+        return self._eval
+
+    def collate(self, rows):
+        return (collate_shared if self.prefix_sharing else collate)(rows, self.pad_id)

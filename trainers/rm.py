@@ -24,6 +24,7 @@ from pydantic import Field
 
 from flanmix.errors import FlanmixError
 from trainers.config import LoopSettings
+from trainers.preference import GroupDataStage
 
 SCALAR_HEADS = ("score", "classifier")
 
@@ -196,7 +197,7 @@ def evaluate_rm(model, encoded_groups, pad_id: int, batch_size: int = 32) -> dic
 
 # ---------------------------------------------------------------------------------------------------- the stage
 
-class RewardStage:
+class RewardStage(GroupDataStage):
     """Stage protocol object for `trainers.loop.train` (see trainers/loop.py)."""
 
     name = "rm"
@@ -210,17 +211,6 @@ class RewardStage:
         self.pad_id = pad_id_of(tokenizer)
         self._train = train_groups
         self._eval = eval_groups or None
-
-    def train_dataset(self):
-        return self._train
-
-    def eval_dataset(self):
-        return self._eval
-
-    def collate(self, rows):
-        from trainers.preference import collate, collate_shared
-
-        return (collate_shared if self.prefix_sharing else collate)(rows, self.pad_id)
 
     def count(self, batch) -> int:
         return int(torch.unique(batch["pair_group"]).numel())

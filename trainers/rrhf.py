@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flanmix.errors import FlanmixError
 from trainers.config import LoopSettings
+from trainers.preference import GroupDataStage
 from trainers.dpo import load_policy
 from trainers.logprobs import batch_sequence_logprobs
 
@@ -54,7 +55,7 @@ def rrhf_loss(model, batch: dict, sft_weight: float = 1.0) -> tuple[torch.Tensor
     return rrhf_loss_from_scores(p, batch, sft_weight)
 
 
-class RRHFStage:
+class RRHFStage(GroupDataStage):
     """Stage protocol object for `trainers.loop.train` (see trainers/loop.py)."""
 
     name = "rrhf"
@@ -68,17 +69,6 @@ class RRHFStage:
         self.pad_id = pad_id_of(tokenizer)
         self.sft_weight = sft_weight
         self._train, self._eval = train_groups, eval_groups or None
-
-    def train_dataset(self):
-        return self._train
-
-    def eval_dataset(self):
-        return self._eval
-
-    def collate(self, rows):
-        from trainers.preference import collate, collate_shared
-
-        return (collate_shared if self.prefix_sharing else collate)(rows, self.pad_id)
 
     def count(self, batch) -> int:
         return int(batch["group"].max().item()) + 1
