@@ -172,3 +172,12 @@ def test_length_grouped_stream_is_a_seeded_permutation_with_similar_lengths():
     spread_plain = [max(lengths[i] for i in plain[k:k + 8]) - min(lengths[i] for i in plain[k:k + 8])
                     for k in range(0, 1000, 8)]
     assert sum(spread) * 5 < sum(spread_plain)
+
+
+def test_threads_setting_applies_to_the_process(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        train(ToyStage(), _cfg(tmp_path, "threads", max_steps=2, threads=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -50,6 +50,7 @@ class LoopSettings(BaseModel):
     tensorboard: bool = True
     deepspeed: Optional[str | dict[str, Any]] = None
     save_final: bool = True
+    threads: Optional[int] = Field(None, ge=1)
 
     def loop_config(self) -> LoopConfig:
         """The LoopConfig for these settings."""
