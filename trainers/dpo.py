@@ -114,7 +114,23 @@ def attach_reference_logprobs(model, encoded_groups, pad_id: int, batch_size: in
             chunk[gi].ref_logps[r] = float(lp[n])
 
 
-class DPOStage(GroupDataStage):
+class PolicyPreferenceStage(GroupDataStage):
+    """What the DPO and RRHF stages share: a policy whose held-out metric is how often it prefers the chosen
+    (higher-scored) response, saved as a plain transformers folder."""
+
+    def evaluate(self, ctx) -> dict:
+        if not self._eval:
+            return {}
+        model = ctx.unwrapped if ctx is not None else self.model
+        return {"eval_preference_accuracy": preference_accuracy(model, self._eval, self.pad_id)}
+
+    def save(self, ctx, out_dir: Path) -> None:
+        model = ctx.accelerator.unwrap_model(ctx.model) if ctx is not None else self.model
+        model.save_pretrained(out_dir)
+        self.tokenizer.save_pretrained(out_dir)
+
+
+class DPOStage(PolicyPreferenceStage):
     """Stage protocol object for `trainers.loop.train` (see trainers/loop.py)."""
 
     name = "dpo"
@@ -159,16 +175,6 @@ class DPOStage(GroupDataStage):
     def loss(self, model, batch):
         return batch_dpo_loss(model, batch, self.beta, self.loss_type, self.ref_model)
 
-    def evaluate(self, ctx) -> dict:
-        if not self._eval:
-            return {}
-        model = ctx.unwrapped if ctx is not None else self.model
-        return {"eval_preference_accuracy": preference_accuracy(model, self._eval, self.pad_id)}
-
-    def save(self, ctx, out_dir: Path) -> None:
-        model = ctx.accelerator.unwrap_model(ctx.model) if ctx is not None else self.model
-        model.save_pretrained(out_dir)
-        self.tokenizer.save_pretrained(out_dir)
 
 
 def load_policy(path: str | Path):

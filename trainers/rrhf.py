@@ -21,8 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flanmix.errors import FlanmixError
 from trainers.config import LoopSettings
-from trainers.preference import GroupDataStage
-from trainers.dpo import load_policy
+from trainers.dpo import PolicyPreferenceStage, load_policy
 from trainers.logprobs import batch_sequence_logprobs
 
 
@@ -55,7 +54,7 @@ def rrhf_loss(model, batch: dict, sft_weight: float = 1.0) -> tuple[torch.Tensor
     return rrhf_loss_from_scores(p, batch, sft_weight)
 
 
-class RRHFStage(GroupDataStage):
+class RRHFStage(PolicyPreferenceStage):
     """Stage protocol object for `trainers.loop.train` (see trainers/loop.py)."""
 
     name = "rrhf"
@@ -76,18 +75,6 @@ class RRHFStage(GroupDataStage):
     def loss(self, model, batch):
         return rrhf_loss(model, batch, self.sft_weight)
 
-    def evaluate(self, ctx) -> dict:
-        if not self._eval:
-            return {}
-        from trainers.dpo import preference_accuracy
-
-        model = ctx.unwrapped if ctx is not None else self.model
-        return {"eval_preference_accuracy": preference_accuracy(model, self._eval, self.pad_id)}
-
-    def save(self, ctx, out_dir: Path) -> None:
-        model = ctx.accelerator.unwrap_model(ctx.model) if ctx is not None else self.model
-        model.save_pretrained(out_dir)
-        self.tokenizer.save_pretrained(out_dir)
 
 
 @torch.no_grad()
