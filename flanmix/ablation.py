@@ -1134,6 +1134,19 @@ def markdown_table(plan: Plan, rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+
+def _dress_axis(ax, plan, metric: str, title: str, xlabel: str, ticks: dict) -> None:
+    """Chance line (held-out panels), x ticks, labels, grid and legend shared by both plots."""
+    if metric == "heldout_score" and plan.chance() is not None:
+        ax.axhline(plan.chance(), color="grey", linestyle="--", linewidth=1, label="chance")
+    ax.set_xticks(sorted(ticks))
+    ax.set_xticklabels([ticks[x] for x in sorted(ticks)])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("score")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
 def plot(plan: Plan, rows: Sequence[dict]) -> None:
     """plot_tasks.png: score vs number of tasks (log2 x), one line per model (and template/CoT setting), error
     bars = std over seeds; plot_size.png: score vs model parameters (log x), one line per task count."""
@@ -1178,17 +1191,9 @@ def plot(plan: Plan, rows: Sequence[dict]) -> None:
             pts = sorted(lines[key], key=lambda g: g["count"])
             ax.errorbar([g["count"] for g in pts], [g["mean"] for g in pts], yerr=[g["std"] or 0 for g in pts],
                         marker="o", capsize=3, label=label(*key), color=color(("model", *key)))
-        if metric == "heldout_score" and plan.chance() is not None:
-            ax.axhline(plan.chance(), color="grey", linestyle="--", linewidth=1, label="chance")
         ax.set_xscale("symlog", base=2, linthresh=1)
         counts = sorted({g["count"] for g in groups if g["mean"] is not None})
-        ax.set_xticks(counts)
-        ax.set_xticklabels([str(c) for c in counts])
-        ax.set_xlabel(axis_label)
-        ax.set_ylabel("score")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _dress_axis(ax, plan, metric, title, axis_label, {c: str(c) for c in counts})
     fig.suptitle(f"{spec.name}: score vs {spec.axis} (mean ± std over {len(spec.seeds)} seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(plan.out / "plot_tasks.png", dpi=110)
@@ -1211,17 +1216,9 @@ def plot(plan: Plan, rows: Sequence[dict]) -> None:
             ax.errorbar(xs, [g["mean"] for g in pts], yerr=[g["std"] or 0 for g in pts], marker="o", capsize=3,
                         label=name, color=color(("count", *key)))
             ticks.update({x: f"{g['model']}\n{_params(g['model_params'])}" for x, g in zip(xs, pts)})
-        if metric == "heldout_score" and plan.chance() is not None:
-            ax.axhline(plan.chance(), color="grey", linestyle="--", linewidth=1, label="chance")
         ax.set_xscale("log")
-        ax.set_xticks(sorted(ticks))
-        ax.set_xticklabels([ticks[x] for x in sorted(ticks)])
         ax.minorticks_off()
-        ax.set_xlabel("model parameters")
-        ax.set_ylabel("score")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _dress_axis(ax, plan, metric, title, "model parameters", ticks)
     fig.suptitle(f"{spec.name}: score vs model size", fontsize=10)
     fig.tight_layout()
     fig.savefig(plan.out / "plot_size.png", dpi=110)
