@@ -42,7 +42,7 @@ def prepare(work: Path, n_pairs: int) -> None:
     sys.path.insert(0, str(ROOT))
     from flanmix.preferences import rows_from_tasks
     from trainers.init_model import init_model
-    from trainers.preference import write_rows
+    from flanmix.preferences import write_rows
     from trainers.rm import new_reward_model
 
     init_model("tiny", work / "model", vocab_size=4096, seed=0)

@@ -5,6 +5,6 @@ The data side (this package) never imports torch at module level; the training l
 
 __version__ = "0.1.0"
 
-from flanmix.errors import FlanmixError  # noqa: E402
+from flanmix.core.errors import FlanmixError  # noqa: E402
 
 __all__ = ["FlanmixError", "__version__"]

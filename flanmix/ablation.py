@@ -44,8 +44,8 @@ from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from flanmix.errors import FlanmixError
-from flanmix.yamlio import YamlDoc
+from flanmix.core.errors import FlanmixError
+from flanmix.core.yamlio import YamlDoc
 
 LADDER_DEFAULT_VOCAB = 4096
 # Fields of the mixture and SFT configs that the ablation itself sets per cell; a spec may not override them.
@@ -220,7 +220,7 @@ def _check_passthrough(spec: AblationSpec, doc: YamlDoc | None) -> None:
     now, so a typo fails before any cell runs."""
     from pydantic import ValidationError
 
-    from flanmix.yamlio import validation_error
+    from flanmix.core.yamlio import validation_error
 
     def where(loc: list) -> dict:
         return {"file": doc.path if doc else None, "line": doc.line_of(loc) if doc else None}
@@ -513,7 +513,7 @@ def estimate_row_tokens(registry, tasks: Sequence[str], tokenizer, *, seed: int 
                         template_types: dict | None = None) -> dict[str, float]:
     """Mean tokens (inputs + targets + BOS/EOS) per rendered training row of each task, from a few seeded renders
     spread over the template types the mixture uses."""
-    from flanmix.task import TEMPLATE_TYPES
+    from flanmix.core.constants import TEMPLATE_TYPES
 
     weights = template_types or {t: 1.0 for t in TEMPLATE_TYPES}
     out = {}

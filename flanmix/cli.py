@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 from flanmix import __version__
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from flanmix.task import TEMPLATE_TYPES
+from flanmix.core.constants import TEMPLATE_TYPES
 
 
 def bundled_corpus(max_rows: int = 20000, seed: int = 0, extra_dirs: tuple = ()) -> list[str]:

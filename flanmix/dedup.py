@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 
 _WS = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 
 VARIANTS = ("zs_opt", "zs_noopt", "fs_opt", "fs_noopt")
 GENERATIVE = ("exact_match", "contains", "cot_exact_match")
@@ -196,7 +196,7 @@ def task_eval_set(task, *, split: str = "validation", variant: str = "zs_opt", l
     """Eval items of a registered task: its held-out rows rendered with the non-inverted templates (cycled, or
     one fixed `template_idx`). `*_opt` falls back to `*_noopt` for a task without answer options. `metrics`
     restricts the spec's metrics (e.g. only rank_classification for a fast run)."""
-    from trainers.data import TARGET_DELIMITER  # torch-free module: the SFT join rule
+    from flanmix.core.constants import TARGET_DELIMITER  # the SFT join rule
 
     if variant not in VARIANTS:
         raise FlanmixError(f"unknown variant {variant!r}", field="variant", expected=" | ".join(VARIANTS))

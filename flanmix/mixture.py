@@ -27,13 +27,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flanmix import __version__
-from flanmix.errors import FlanmixError
-from flanmix.resources import bundled_dir
+from flanmix.core.errors import FlanmixError
+from flanmix.core.resources import bundled_dir
 from flanmix.sources import stable_seed
-from flanmix.task import TEMPLATE_TYPES, Task
-from flanmix.yamlio import YamlDoc
+from flanmix.core.constants import TEMPLATE_TYPES, TemplateType
+from flanmix.task import Task
+from flanmix.core.yamlio import YamlDoc
 
-TemplateTypeName = Literal["zs_opt", "zs_noopt", "fs_opt", "fs_noopt"]
 DEFAULT_ROWS_PER_SHARD = 25_000
 PILOT_ROWS = 2_000
 
@@ -135,7 +135,7 @@ class MixtureBody(_Strict):
     description: str = ""
     components: list[Component] = Field(min_length=1)
     rate: Optional[RateSpec] = None
-    template_types: Optional[dict[TemplateTypeName, float]] = Field(
+    template_types: Optional[dict[TemplateType, float]] = Field(
         None, description="ratios of zs_opt/zs_noopt/fs_opt/fs_noopt (normalized)")
     cot: Optional[float] = Field(None, ge=0, le=1, description="share of CoT rows among tasks with CoT templates")
     inversion: Optional[float] = Field(
@@ -709,7 +709,7 @@ def build(spec: MixtureSpec | dict | str | Path, out_dir: str | Path, *, seed: i
         except Exception as err:  # noqa: BLE001
             from pydantic import ValidationError
 
-            from flanmix.yamlio import validation_error
+            from flanmix.core.yamlio import validation_error
             if isinstance(err, ValidationError):
                 raise validation_error(err, path="<mixture>") from None
             raise

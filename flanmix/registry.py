@@ -14,11 +14,11 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from flanmix.errors import FlanmixError
-from flanmix.resources import bundled_dir
+from flanmix.core.errors import FlanmixError
+from flanmix.core.resources import bundled_dir
 from flanmix.spec import TaskSpec, TemplateSet
 from flanmix.task import Task
-from flanmix.yamlio import YamlDoc
+from flanmix.core.yamlio import YamlDoc
 
 ENV_VAR = "FLANMIX_REGISTRY"
 _PYTHON_TASKS: dict[str, Task] = {}

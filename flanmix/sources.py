@@ -14,7 +14,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from flanmix.spec import SourceSpec
 
 Generator = Callable[[random.Random], dict]

@@ -14,15 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from flanmix.errors import FlanmixError
+from flanmix.core.constants import TEMPLATE_TYPES, TemplateType
+from flanmix.core.errors import FlanmixError
 from flanmix.sources import is_validation, iter_source, stable_seed
 from flanmix.spec import FewShotFormat, TaskSpec, TemplateSet, TemplateSpec
 from flanmix.templates import (DEFAULT_OPTIONS_STYLE, Compiled, OptionsStyle, compile_template, compile_value,
                                format_options, random_options_style, referenced_names,
                                split_choices)
 
-TEMPLATE_TYPES = ("zs_opt", "zs_noopt", "fs_opt", "fs_noopt")
-TemplateType = Literal["zs_opt", "zs_noopt", "fs_opt", "fs_noopt"]
 Split = Literal["train", "validation"]
 
 

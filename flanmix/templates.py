@@ -17,7 +17,7 @@ import jinja2.meta
 import jinja2.nodes
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 
 
 _SINGLE_EXPR = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}|\{\{|\{%).)*)\}\}\s*$", re.S)

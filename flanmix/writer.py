@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 
 COLUMNS = ("inputs", "targets", "task_name", "task_source", "template_type", "template_idx", "example_id", "cot")
 MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))

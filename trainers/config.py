@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 
 from trainers.loop import LoopConfig
 

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
-from flanmix.errors import FlanmixError
+from flanmix.core.constants import TARGET_DELIMITER
+from flanmix.core.errors import FlanmixError
 
 IGNORE = -100
-TARGET_DELIMITER = " "  # between a Flan row's inputs and targets; evaluation scores options with the same prefix
 Truncation = Literal["truncate", "drop"]
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from trainers.config import LoopSettings
 from trainers.preference import GroupDataStage
 from trainers.logprobs import batch_sequence_logprobs, precompute_sequence_logprobs, sequence_logprobs

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import torch
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from trainers.data import adds_bos, tokenize_segments
 from trainers.logprobs import gather_logprobs
 

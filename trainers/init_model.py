@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")

@@ -76,7 +76,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 
 # --------------------------------------------------------------------------------------------------- config / ctx
 

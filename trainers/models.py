@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")

@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 
 KINDS = ("sft", "rm", "dpo", "rrhf", "ppo")
 POLICY_KINDS = ("sft", "dpo", "rrhf", "ppo")
@@ -186,7 +186,7 @@ def preflight(stage: PlannedStage) -> None:
     """Read and validate a stage's preference / prompt files now, so bad rows stop the pipeline before any
     stage trains (the stage re-reads them when it runs)."""
     from trainers.ppo import read_prompts
-    from trainers.preference import load_preferences
+    from flanmix.preferences import load_preferences
 
     cfg = stage.config
     if stage.kind in ("rm", "dpo") or (stage.kind == "rrhf" and cfg.candidates is None):

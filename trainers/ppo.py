@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from pydantic import Field
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from trainers.config import LoopSettings
 from trainers.logprobs import entropy_from_logits, gather_logprobs, masked_mean, masked_whiten
 
@@ -434,7 +434,7 @@ class PPOStage:
 def read_prompts(path: str | Path) -> list[dict]:
     """Prompt rows from a JSONL/JSON file: any row with ``prompt`` (or ``inputs`` / ``messages``) — preference
     files and rendered examples work as they are; other fields (e.g. ``answer``) reach the reward function."""
-    from trainers.preference import read_rows
+    from flanmix.preferences import read_rows
 
     out = []
     for row, where in read_rows(path):

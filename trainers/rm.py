@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from trainers.config import LoopSettings
 from trainers.preference import GroupDataStage
 

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from trainers.config import LoopSettings
 from trainers.dpo import PolicyPreferenceStage, load_policy
 from trainers.logprobs import batch_sequence_logprobs
@@ -159,7 +159,8 @@ def make_candidate_groups(spec: CandidateSpec, model_path: str, data_groups, tok
     """Groups of sampled (+ given) responses with reward scores; groups whose scores all tie are dropped."""
     from trainers.dpo import load_policy
     from trainers.ppo import check_same_tokenizer, load_reward_fn, read_prompts
-    from trainers.preference import Group, _response_text, load_tokenizer
+    from flanmix.preferences import Group, response_text
+    from trainers.preference import load_tokenizer
 
     if (spec.reward_model is None) == (spec.reward_fn is None):
         raise FlanmixError("candidates need exactly one of reward_model and reward_fn", field="candidates")
@@ -179,7 +180,7 @@ def make_candidate_groups(spec: CandidateSpec, model_path: str, data_groups, tok
     del sampler
     cands = []
     for g, s in zip(base, sampled):
-        extra = [_response_text(r) for r in g.responses] if spec.include_data else []
+        extra = [response_text(r) for r in g.responses] if spec.include_data else []
         seen, lst = set(), []
         for c in extra + s:
             if c.strip() and c not in seen:
@@ -205,7 +206,8 @@ def make_candidate_groups(spec: CandidateSpec, model_path: str, data_groups, tok
 
 
 def build_stage(cfg: RRHFConfig, groups=None, eval_groups=None) -> RRHFStage:
-    from trainers.preference import encode_groups, load_preferences, load_split, load_tokenizer, split_groups
+    from flanmix.preferences import load_preferences, split_groups
+    from trainers.preference import encode_groups, load_split, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model)
     if cfg.candidates is not None:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from trainers import loop
 from trainers.config import LoopSettings, load_config, validate
 from trainers.data import IGNORE, read_rows, tokenize_rows

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 
 STAGES: dict[str, str] = {
     "sft": "trainers.sft",

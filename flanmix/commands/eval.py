@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flanmix.errors import FlanmixError
+    from flanmix.core.errors import FlanmixError
     from flanmix.eval import _stderr_log, evaluate, format_table
 
     specs = [s.strip() for group in args.tasks for s in group.split(",") if s.strip()]

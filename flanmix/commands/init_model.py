@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flanmix.errors import FlanmixError
+    from flanmix.core.errors import FlanmixError
     from trainers.init_model import format_params, init_model, list_sizes, read_corpus
 
     if args.list_sizes:

@@ -48,7 +48,7 @@ def _read_examples(path: str) -> list[tuple[str, str]]:
     import json
     from pathlib import Path
 
-    from flanmix.errors import FlanmixError
+    from flanmix.core.errors import FlanmixError
 
     p = Path(path)
     if not p.is_file():
@@ -71,9 +71,9 @@ def _read_examples(path: str) -> list[tuple[str, str]]:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from flanmix.errors import FlanmixError
+    from flanmix.core.errors import FlanmixError
     from flanmix.preferences import preference_rows, rows_from_tasks
-    from trainers.preference import write_rows
+    from flanmix.preferences import write_rows
 
     if args.n < 1 or args.k < 2:
         raise FlanmixError("--n must be >= 1 and --k >= 2", field="n")
@@ -93,8 +93,8 @@ def _generate(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from flanmix.errors import FlanmixError
-    from trainers.preference import IMPORTERS, pandalm_rows, write_rows
+    from flanmix.core.errors import FlanmixError
+    from flanmix.preferences import IMPORTERS, pandalm_rows, write_rows
 
     src = Path(args.src)
     if not src.is_file():

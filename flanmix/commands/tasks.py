@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from flanmix.errors import FlanmixError
-from flanmix.task import TEMPLATE_TYPES
+from flanmix.core.errors import FlanmixError
+from flanmix.core.constants import TEMPLATE_TYPES
 
 
 def add_registry_option(parser: argparse.ArgumentParser) -> None:

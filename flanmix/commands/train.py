@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _overrides(items: list[str]) -> dict:
     import yaml
 
-    from flanmix.errors import FlanmixError
+    from flanmix.core.errors import FlanmixError
 
     out = {}
     for item in items:
@@ -40,7 +40,7 @@ def _overrides(items: list[str]) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flanmix.errors import FlanmixError
+    from flanmix.core.errors import FlanmixError
 
     target = args.target
     is_file = target.endswith((".yaml", ".yml")) or Path(target).is_file()

@@ -35,7 +35,7 @@ def import_shared(shared_data_dir: Path | str, out_dir: Path | str | None = None
     cannot load offline). With `out_dir`, also write them there as one registry folder (atomically). Collections
     whose folder is absent are skipped with a note; finding none at all is an error.
     """
-    from flanmix.errors import FlanmixError
+    from flanmix.core.errors import FlanmixError
 
     selected = list(SHARED_LAYOUT) if kinds is None else list(kinds)
     unknown = [k for k in selected if k not in SHARED_LAYOUT]

@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 
 import yaml
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from flanmix.spec import NAME_PATTERN, TaskSpec, TemplateSet
 
 Imported = tuple[TaskSpec, TemplateSet]

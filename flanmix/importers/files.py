@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from flanmix.importers._common import Imported, check_name, file_glob
 from flanmix.spec import FILE_FORMATS, SourceSpec, TaskSpec, TemplateSet, TemplateSpec
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from flanmix.importers._common import Imported, check_name, discover_files, file_glob
 from flanmix.sources import read_flan_cot_tsv
 from flanmix.spec import FewShotFormat, SourceSpec, TaskSpec, TemplateSet, TemplateSpec

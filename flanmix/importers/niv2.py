@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from flanmix.importers._common import Imported, check_name, discover_files, file_glob, slug
 from flanmix.spec import SourceSpec, TaskSpec, TemplateSet, TemplateSpec
 

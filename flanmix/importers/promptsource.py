@@ -30,11 +30,11 @@ import jinja2
 import jinja2.meta
 import yaml
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from flanmix.importers._common import Imported, check_name, cluster_of, discover_files
 from flanmix.spec import SourceSpec, TaskSpec, TemplateSet, TemplateSpec
 from flanmix.templates import ENV
-from flanmix.yamlio import YamlDoc
+from flanmix.core.yamlio import YamlDoc
 
 SEPARATOR = "|||"
 _TAG_END = {"{{": "}}", "{%": "%}", "{#": "#}"}

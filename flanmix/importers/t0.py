@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from flanmix.importers._common import T0_CLUSTERS, Imported, check_name, discover_files, file_glob
 from flanmix.spec import SourceSpec, TaskSpec, TemplateSet, TemplateSpec
 

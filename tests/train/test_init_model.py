@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 
 
 def test_tiny_model_dir_loads_with_auto_classes(tiny_model_dir):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from flanmix.cli import main
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from flanmix.registry import Registry, load_task_file, register_task, unregister_task
-from flanmix.task import TEMPLATE_TYPES
+from flanmix.core.constants import TEMPLATE_TYPES
 from flanmix.templates import (OPTION_MARKERS, OPTIONS_STARTS, OptionsStyle, format_options,
                                random_options_style, split_choices)
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from flanmix.mixture import build, merge
 from flanmix.writer import read_manifest
-from test_mixture_helpers import make_registry
+from helpers import make_registry
 
 SPEC = {
     "seed": 5, "size": {"examples": 2400}, "rate": {"by": "examples", "cap": 400}, "cot": 0.4, "inversion": 0.3,

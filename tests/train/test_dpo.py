@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import math
 
 import pytest
@@ -12,9 +11,10 @@ import torch.nn.functional as F
 
 from flanmix.preferences import preference_rows
 from trainers.dpo import DPOStage, batch_dpo_loss, dpo_loss, load_policy, preference_accuracy
-from trainers.preference import encode_groups, load_tokenizer, row_to_group
+from flanmix.preferences import row_to_group
+from trainers.preference import encode_groups, load_tokenizer
 
-from test_rm import reverse_examples, write_prefs
+from helpers import reverse_examples, write_prefs
 
 
 def _groups(tok, n=16, kind="pairs"):

@@ -1,11 +1,13 @@
-"""Shared helpers for the mixture tests: a small generated task registry (no bundled tasks needed)."""
+"""Helpers shared by test modules: a small generated task registry, verifiable preference files, a corpus."""
 
 from __future__ import annotations
 
+import json
 import random
 import textwrap
 from pathlib import Path
 
+from flanmix.preferences import preference_rows
 from flanmix.registry import Registry
 from flanmix.sources import register_generator
 
@@ -51,3 +53,27 @@ def make_registry(root: Path, n: int = 6, base: int = 100) -> Registry:
     for i in range(n):
         write_task(root, f"t{i}", ["alpha", "beta"][i % 2], base * (i + 1), options=i != 0, cot=i != 1)
     return Registry.discover([root], bundled=False, env=False, python=False)
+
+
+# --- preferences over a checkable toy task -------------------------------------------------------------
+
+WORDS = "alpha beta gamma delta red green blue cat dog fox".split()
+
+
+def reverse_examples(n: int, seed: int = 0, task: str = "reverse") -> list[tuple[str, str]]:
+    """(prompt, correct answer) of a checkable toy task: reverse (or copy) a list of words."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        ws = [rng.choice(WORDS) for _ in range(rng.randint(3, 6))]
+        if task == "reverse":
+            out.append((f"Reverse the words: {' '.join(ws)}\n", " ".join(reversed(ws))))
+        else:
+            out.append((f"Copy the words: {' '.join(ws)}\n", " ".join(ws)))
+    return out
+
+
+def write_prefs(path, n=240, kind="pairs", seed=0, k=4, task="reverse", edits="mixed"):
+    rows = preference_rows(reverse_examples(n, seed, task), kind=kind, seed=seed, k=k, edits=edits)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

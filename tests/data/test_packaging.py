@@ -25,7 +25,7 @@ def test_wheel_ships_bundled_data_and_finds_it(tmp_path):
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
                               str(wheel)], capture_output=True, text=True)
     assert install.returncode == 0, install.stderr[-2000:]
-    code = ("import flanmix, flanmix.resources as r; from flanmix.registry import Registry; "
+    code = ("import flanmix, flanmix.core.resources as r; from flanmix.registry import Registry; "
             "reg = Registry.discover(); print(flanmix.__file__); print(r.bundled_dir('templates')); "
             "print(len(reg)); t = reg.get('arith_add'); print(t.render(t.examples()[0])['targets'])")
     env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}

@@ -8,7 +8,7 @@ from typing import Any, Sequence, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -113,3 +113,16 @@ def validation_error(err: ValidationError, *, path: Path | str | None, line_of=N
     line = line_of(loc) if line_of else None
     return FlanmixError(message, file=path, line=line, field=format_loc([*prefix, *loc]) or None,
                         expected=expected)
+
+
+def load_yaml_model(path: str | Path, model: type[ModelT]) -> ModelT:
+    """Read a YAML file and validate it against `model`; errors name file, line and field."""
+    return YamlDoc.read(path).validate(model)
+
+
+def validate_mapping(data: Any, model: type[ModelT], *, source: str | Path | None = None) -> ModelT:
+    """Validate an in-memory mapping (no line numbers to give) with the same one-line error as a YAML file."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise validation_error(err, path=source) from None

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from flanmix.cli import main as cli
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from flanmix.importers import files as files_importer
 from flanmix.importers import flan_cot, import_shared, niv2, promptsource, register, t0, write_registry
 from flanmix.registry import Registry, unregister_task
 from flanmix.task import Example, Task
 from flanmix.templates import make_environment
-from flanmix.yamlio import YamlDoc
+from flanmix.core.yamlio import YamlDoc
 
 PASSAGE = "Persian (Farsi) is a member of the Western Iranian group of the Iranian languages."
 # Realistic rows for every dataset the shared promptsource files cover, with the fields the hub dataset has.

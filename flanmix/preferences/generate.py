@@ -19,7 +19,7 @@ import re
 import string
 from typing import Iterable, Sequence
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 
 _NUM = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
 

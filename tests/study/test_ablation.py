@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from flanmix import ablation
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 
 POOL = {f"t{i:02d}": f"c{i % 5}" for i in range(20)}
 

@@ -13,7 +13,8 @@ import pytest
 
 from flanmix.builtin.classification import CATEGORIES
 from flanmix.registry import Registry, load_task_file
-from flanmix.task import TEMPLATE_TYPES, Task
+from flanmix.core.constants import TEMPLATE_TYPES
+from flanmix.task import Task
 from flanmix.templates import split_choices
 
 CLUSTERS = ("arithmetic", "word_problems", "strings", "lists", "classification", "logic")

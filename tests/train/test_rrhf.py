@@ -6,11 +6,10 @@ import pytest
 import torch
 
 from trainers.dpo import load_policy, preference_accuracy
-from trainers.logprobs import sequence_logprobs
 from trainers.preference import EncodedGroup, collate, load_tokenizer
 from trainers.rrhf import rrhf_loss, rrhf_loss_from_scores
 
-from test_rm import write_prefs
+from helpers import write_prefs
 
 
 def brute_force_rrhf(model, groups, sft_weight):

@@ -2,40 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import math
-import random
 
 import pytest
 import torch
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from flanmix.preferences import preference_rows
-from trainers.preference import collate, encode_groups, load_tokenizer, row_to_group
+from helpers import reverse_examples, write_prefs
+from flanmix.preferences import row_to_group
+from trainers.preference import collate, encode_groups, load_tokenizer
 from trainers.rm import (evaluate_rm, last_token_index, load_reward_model, new_reward_model, pairwise_loss,
                          reward_scores)
-
-WORDS = "alpha beta gamma delta red green blue cat dog fox".split()
-
-
-def reverse_examples(n: int, seed: int = 0, task: str = "reverse") -> list[tuple[str, str]]:
-    """(prompt, correct answer) of a checkable toy task: reverse (or copy) a list of words."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        ws = [rng.choice(WORDS) for _ in range(rng.randint(3, 6))]
-        if task == "reverse":
-            out.append((f"Reverse the words: {' '.join(ws)}\n", " ".join(reversed(ws))))
-        else:
-            out.append((f"Copy the words: {' '.join(ws)}\n", " ".join(ws)))
-    return out
-
-
-def write_prefs(path, n=240, kind="pairs", seed=0, k=4, task="reverse", edits="mixed"):
-    rows = preference_rows(reverse_examples(n, seed, task), kind=kind, seed=seed, k=k, edits=edits)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
 
 def test_last_token_index_left_right_and_pad_equals_eos(tiny_model_dir):
     right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
@@ -102,7 +80,7 @@ def test_rm_learns_verifiable_preferences(tmp_path, tiny_model_dir):
 
 def stage_groups(data, stage):
     # the held-out groups of the stage, re-read from the file (the split is seeded)
-    from trainers.preference import load_preferences, split_groups
+    from flanmix.preferences import load_preferences, split_groups
 
     return split_groups(load_preferences(data), 0.2, 0)[1]
 
@@ -122,7 +100,6 @@ def test_reward_model_folder_without_scalar_head_is_an_error(tiny_model_dir, tmp
 def test_rm_matches_trl_reward_trainer(tmp_path, tiny_model_dir):
     trl = pytest.importorskip("trl")
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification
 
     tok = load_tokenizer(tiny_model_dir)
     rows = preference_rows(reverse_examples(8), kind="pairs", seed=0)

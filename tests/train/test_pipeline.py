@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from flanmix.cli import main
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from trainers.pipeline import plan
 
-from test_rm import write_prefs
+from helpers import write_prefs
 
 FAST = {"progress": False, "tensorboard": False, "log_every": 1, "batch_size": 8, "max_length": 48}
 
@@ -152,7 +152,7 @@ def test_bad_preference_data_fails_the_stage_without_a_marker(tmp_path, tiny_mod
                       ({"prompt": "p", "responses": ["a", "b"], "scores": [2, 2]}, "all scores are equal")]:
         bad.write_text(json.dumps(rows) + "\n")
         with pytest.raises(FlanmixError, match=msg):
-            from trainers.preference import load_preferences
+            from flanmix.preferences import load_preferences
 
             load_preferences(bad)
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from flanmix.mixture import (MixtureSpec, build, epoch_size, find_mixture, largest_remainder, load_spec, make_plan,
                              resolve)
-from test_mixture_helpers import make_registry
+from helpers import make_registry
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_cap_must_be_positive(registry, tmp_path, cap):
 
 def test_template_failing_mid_build_names_task_and_row(tmp_path):
     from flanmix.registry import Registry
-    from test_mixture_helpers import write_task
+    from helpers import write_task
 
     root = tmp_path / "reg"
     root.mkdir()
@@ -200,7 +200,7 @@ def test_template_failing_mid_build_names_task_and_row(tmp_path):
 def test_source_failing_mid_build(tmp_path):
     from flanmix.registry import Registry
     from flanmix.sources import register_generator
-    from test_mixture_helpers import write_task
+    from helpers import write_task
 
     calls = {"n": 0}
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from trainers.data import IGNORE, check_prefix, tokenize_prompt_completion, tokenize_rows
 from trainers.packing import block_diagonal_mask, collate_packed, collate_padded, pack_greedy
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from flanmix.cli import main
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from trainers.ppo import compute_gae, policy_loss, value_loss
 
 

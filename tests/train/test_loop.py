@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from flanmix.errors import FlanmixError
+from flanmix.core.errors import FlanmixError
 from trainers.loop import LoopConfig, Stage, checkpoints, lr_lambda, train
 
 

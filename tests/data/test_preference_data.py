@@ -7,10 +7,11 @@ import json
 import pytest
 
 from flanmix.cli import main
-from flanmix.errors import FlanmixError
-from flanmix.preferences import distance, levenshtein, preference_rows
-from trainers.preference import (EncodedGroup, collate, detect_format, encode_groups, hh_rlhf_rows,
-                                 load_preferences, load_tokenizer, pandalm_rows, row_to_group, sharegpt_rows)
+from flanmix.core.errors import FlanmixError
+from flanmix.preferences import (detect_format, hh_rlhf_rows, load_preferences, pandalm_rows, preference_rows,
+                                 row_to_group, sharegpt_rows)
+from flanmix.preferences.generate import distance, levenshtein
+from trainers.preference import collate, encode_groups, load_tokenizer
 
 
 def _err(capsys) -> str:
