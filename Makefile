@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install bench clean
+.PHONY: demo test lint install bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,10 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-test: $(BIN)/.installed
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -n 2 --durations=15 tests
 
 demo: $(BIN)/.installed
