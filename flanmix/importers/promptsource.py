@@ -31,10 +31,10 @@ import jinja2.meta
 import yaml
 
 from flanmix.core.errors import FlanmixError
+from flanmix.core.yamlio import YamlDoc
 from flanmix.importers._common import Imported, check_name, cluster_of, discover_files
 from flanmix.spec import SourceSpec, TaskSpec, TemplateSet, TemplateSpec
 from flanmix.templates import ENV
-from flanmix.core.yamlio import YamlDoc
 
 SEPARATOR = "|||"
 _TAG_END = {"{{": "}}", "{%": "%}", "{#": "#}"}
@@ -72,6 +72,15 @@ def _parses(source: str) -> bool:
     except jinja2.TemplateSyntaxError:
         return False
     return True
+
+
+def _compiles(source: str) -> str | None:
+    """None when `source` compiles in flanmix's environment, else why not (syntax, or an unknown filter/test)."""
+    try:
+        ENV.compile(source)
+    except jinja2.TemplateSyntaxError as err:  # TemplateAssertionError (unknown filter or test) is one too
+        return f"{err.message} (template line {err.lineno})"
+    return None
 
 
 def _undeclared(source: str) -> set[str]:
@@ -129,13 +138,12 @@ def convert_template(template: dict, *, file: str | Path | None = None, line: in
     metadata = template.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise FlanmixError("metadata must be a mapping", **where)
-    try:
-        ENV.parse(jinja)
-    except jinja2.TemplateSyntaxError as err:
-        raise FlanmixError(f"Jinja syntax error: {err.message} (template line {err.lineno})",
-                           expected="a valid Jinja template", **where) from None
-    if choices is not None and not _parses(choices):
-        raise FlanmixError("Jinja syntax error in answer_choices", expected="valid Jinja", **where)
+    problem = _compiles(jinja)
+    if problem is not None:
+        raise FlanmixError(f"Jinja syntax error: {problem}", expected="a valid Jinja template", **where)
+    if choices is not None and _compiles(choices) is not None:
+        raise FlanmixError(f"Jinja syntax error in answer_choices: {_compiles(choices)}", expected="valid Jinja",
+                           **where)
     parts = split_source(jinja)
     random_shared = False
     if len(parts) == 2 and _parses(parts[0]) and _parses(parts[1]):
@@ -250,9 +258,25 @@ def import_file(path: Path | str, *, cluster: str | None = None, split: str = "t
 
 
 def import_path(src: Path | str, *, cluster: str | None = None, split: str = "train",
-                notes: list[str] | None = None) -> list[Imported]:
-    """Import a `templates.yaml` or every `templates.yaml` under a folder."""
+                notes: list[str] | None = None, failures: list[FlanmixError] | None = None) -> list[Imported]:
+    """Import a `templates.yaml` or every `templates.yaml` under a folder.
+
+    Without `failures`, the first file that cannot be imported raises. With a `failures` list, each such file's
+    one-line error (it names the file) is appended there and the other files are still imported; a folder where
+    every file failed raises the first error.
+    """
     out: list[Imported] = []
-    for path in discover_files(src, ["templates.yaml"], what="promptsource templates.yaml"):
-        out.extend(import_file(path, cluster=cluster, split=split, notes=notes))
+    failed: list[FlanmixError] = []
+    paths = discover_files(src, ["templates.yaml"], what="promptsource templates.yaml")
+    for path in paths:
+        try:
+            out.extend(import_file(path, cluster=cluster, split=split, notes=notes))
+        except FlanmixError as err:
+            if failures is None:
+                raise
+            failed.append(err.with_context(file=path))
+    if failed and len(failed) == len(paths):
+        raise failed[0]
+    if failures is not None:
+        failures.extend(failed)
     return out
