@@ -312,7 +312,8 @@ def main() -> None:
                   f"{r['peak_rss_mb']:.0f} |")
     s = results["summary"]
     print(f"\nAt {a.rows:,} rows: flanmix vs datasets **{s['speedup_vs_datasets']}x** rows/s "
-          f"({s['speedup_vs_datasets_cpu']}x less CPU); flanmix time / pyarrow floor **{s['flanmix_time_over_floor']}x**"
+          f"({s['speedup_vs_datasets_cpu']}x less CPU); "
+          f"flanmix time / pyarrow floor **{s['flanmix_time_over_floor']}x**"
           f" (CPU {s['flanmix_cpu_over_floor']}x); flanmix peak RSS {s['flanmix_peak_rss_mb']} MB\n")
     print("| scaling run | seconds | rows/s | CPU s |")
     print("|---|---:|---:|---:|")

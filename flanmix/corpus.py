@@ -5,12 +5,11 @@ from __future__ import annotations
 import random
 
 from flanmix.core.constants import TEMPLATE_TYPES
+from flanmix.registry import Registry
 
 
 def bundled_corpus(max_rows: int = 20000, seed: int = 0, extra_dirs: tuple = ()) -> list[str]:
     """Rendered inputs and targets of every registered task, round-robin over tasks, templates and variants."""
-    from flanmix.registry import Registry
-
     rng = random.Random(seed)
     tasks = list(Registry.discover(extra_dirs))
     texts: list[str] = []

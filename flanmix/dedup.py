@@ -12,12 +12,14 @@ import glob
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from flanmix.core.errors import FlanmixError
+from flanmix.core.jsonl import iter_jsonl
 
 _WS = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
@@ -96,10 +98,8 @@ def _file_records(path: Path) -> Iterator[Any]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
-            with open(path, encoding="utf-8") as handle:
-                for line in handle:
-                    if line.strip():
-                        yield json.loads(line)
+            for _, value in iter_jsonl(path, objects=False):
+                yield value
         elif suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
             # BIG-Bench Hard files carry a canary string that is not evaluation content.
@@ -112,6 +112,8 @@ def _file_records(path: Path) -> Iterator[Any]:
         else:
             raise FlanmixError(f"cannot read evaluation file {path.name}", file=path, field="decontaminate.files",
                                expected="a .jsonl, .json, .csv or .tsv file")
+    except FlanmixError as err:  # a JSONL line that is not JSON: the error names file and line
+        raise err.with_context(field="decontaminate.files") from None
     except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as err:
         raise FlanmixError(f"cannot parse evaluation file: {err}", file=path, field="decontaminate.files") from None
 

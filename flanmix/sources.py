@@ -11,8 +11,9 @@ import hashlib
 import importlib
 import json
 import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from flanmix.core.errors import FlanmixError
 from flanmix.spec import SourceSpec
@@ -60,7 +61,9 @@ def _generate(source: SourceSpec, task_name: str, file: str | None) -> Iterator[
         yield f"{task_name}:{i}", row
 
 
-def _resolve_files(source: SourceSpec, base_dir: Path, file: str | None) -> list[Path]:
+def resolve_files(source: SourceSpec, base_dir: Path, file: str | None) -> list[Path]:
+    """The data files of a `files` source: each pattern (a path or glob, relative to `base_dir`) expanded and
+    sorted. A pattern matching nothing or an empty file is a FlanmixError (naming the spec `file` if given)."""
     patterns = [source.files] if isinstance(source.files, str) else list(source.files or [])
     paths: list[Path] = []
     for pattern in patterns:
@@ -140,6 +143,8 @@ def _load_with_datasets(paths: list[Path], fmt: str, source: SourceSpec, file: s
         kwargs["delimiter"] = "\t"
     if source.columns and fmt in ("csv", "tsv"):
         kwargs["column_names"] = source.columns
+    # Quiet while reading, then as the caller had it (the switch is process-wide).
+    bars_were_on = not datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
         dataset = datasets.load_dataset(builder, data_files=[str(p) for p in paths], split="train", **kwargs)
@@ -147,6 +152,9 @@ def _load_with_datasets(paths: list[Path], fmt: str, source: SourceSpec, file: s
         raise FlanmixError(f"cannot read {fmt} data: {type(err).__name__}: {str(err).splitlines()[0][:200]}",
                            file=", ".join(map(str, paths)), field="source.files",
                            expected=f"well-formed {fmt}") from None
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
     if len(dataset) == 0:
         raise FlanmixError("data file has no rows", file=", ".join(map(str, paths)), field="source.files")
     return dataset.to_list()
@@ -174,7 +182,7 @@ def iter_source(source: SourceSpec, *, task_name: str, base_dir: Path, file: str
         for index, row in enumerate(_load_hub(source, file)):
             yield f"{source.hub}:{source.split}:{index}", row
         return
-    paths = _resolve_files(source, base_dir, file)
+    paths = resolve_files(source, base_dir, file)
     fmt = source.format or _infer_format(paths[0])
     if fmt in _PLAIN_READERS:
         for path in paths:

@@ -88,14 +88,13 @@ def format_report(stats: dict, limit: int = 40) -> str:
 
 def plot(stats: dict, path: str | Path, limit: int = 40) -> None:
     """Bar charts of target vs realized shares (components, template types, tasks) written to a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure renders with Agg and needs no pyplot, so no process-wide backend is switched.
+    from matplotlib.figure import Figure
 
     kinds = ("component", "template_type", "task")
     heights = [max(1.5, 0.28 * min(limit, len(stats["proportions"][k])) + 1) for k in kinds]
-    fig, axes = plt.subplots(3, 1, figsize=(9, sum(heights)), gridspec_kw={"height_ratios": heights})
+    fig = Figure(figsize=(9, sum(heights)))
+    axes = fig.subplots(3, 1, gridspec_kw={"height_ratios": heights})
     for ax, kind in zip(axes, kinds):
         items = stats["proportions"][kind][:limit]
         ys = range(len(items))
@@ -110,5 +109,3 @@ def plot(stats: dict, path: str | Path, limit: int = 40) -> None:
         fig.savefig(path, dpi=100)
     except OSError as err:
         raise FlanmixError(f"cannot write plot: {err}", file=path, field="--plot") from None
-    finally:
-        plt.close(fig)

@@ -1,5 +1,5 @@
-"""Writing mixture shards and manifests: one shard file per plan chunk, per-shard statistics, content hashes and
-atomic finalization (build into `DIR.tmp-<pid>` beside DIR, then rename).
+"""Writing mixture shards and manifests: one shard file per plan chunk, per-shard statistics, content hashes, and
+the checks on the output folder (which is built beside DIR and renamed into place, see `core.atomic.atomic_dir`).
 
 A shard's bytes depend only on its rows, so a shard written by a worker, rewritten after cross-shard dedup or
 rewritten by `flanmix merge` is byte-identical whenever the rows are.
@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from flanmix.core.atomic import write_jsonl
 from flanmix.core.errors import FlanmixError
+from flanmix.core.jsonl import read_jsonl
 
 COLUMNS = ("inputs", "targets", "task_name", "task_source", "template_type", "template_idx", "example_id", "cot")
 MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -55,9 +55,7 @@ def write_shard(table: pa.Table, path: Path, fmt: str) -> None:
         pq.write_table(table, path, row_group_size=max(1, table.num_rows), compression="zstd",
                        write_statistics=True)
     elif fmt == "jsonl":
-        with open(path, "w", encoding="utf-8") as handle:
-            for row in table.to_pylist():
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_jsonl(path, table.to_pylist())
     else:
         raise FlanmixError(f"unknown output format {fmt!r}", field="--format", expected=" | ".join(FORMATS))
 
@@ -66,10 +64,21 @@ def read_shard(path: Path, fmt: str, messages: bool) -> pa.Table:
     """Read a shard written by `write_shard` back into a table with the same schema."""
     if fmt == "parquet":
         return pq.read_table(path)
-    with open(path, encoding="utf-8") as handle:
-        rows = [json.loads(line) for line in handle if line.strip()]
+    rows = read_jsonl(path)
     columns = {name: [row[name] for row in rows] for name in COLUMNS}
     return make_table(columns, messages)
+
+
+def rewrite_shard(table: pa.Table, keep: np.ndarray, path: Path, fmt: str, messages: bool,
+                  tokenizer=None) -> ShardStats:
+    """Rewrite shard `path` with the rows of `table` where `keep` is true, and return its statistics.
+
+    The table is rebuilt from the kept rows, so the file equals one written directly with them.
+    """
+    table = table.filter(keep)
+    table = make_table({c: table[c].to_pylist() for c in table.column_names if c != "messages"}, messages)
+    write_shard(table, path, fmt)
+    return ShardStats.of_table(table, tokenizer)
 
 
 def file_sha256(path: Path) -> str:
@@ -122,7 +131,7 @@ class ShardStats:
     lengths: dict[str, list] = field(default_factory=dict)  # name -> [sum, min, max, histogram]
 
     @classmethod
-    def of_table(cls, table: pa.Table, tokenizer=None) -> "ShardStats":
+    def of_table(cls, table: pa.Table, tokenizer=None) -> ShardStats:
         stats = cls(rows=table.num_rows)
         if table.num_rows == 0:
             return stats
@@ -137,7 +146,7 @@ class ShardStats:
             stats.lengths[name] = [int(values.sum()), int(values.min()), int(values.max()), _histogram(values)]
         return stats
 
-    def add(self, other: "ShardStats") -> None:
+    def add(self, other: ShardStats) -> None:
         self.rows += other.rows
         for key, count in other.counts.items():
             self.counts[key] = self.counts.get(key, 0) + count
@@ -155,7 +164,7 @@ class ShardStats:
                             for name, v in sorted(self.lengths.items())}}
 
     @classmethod
-    def from_json(cls, data: dict) -> "ShardStats":
+    def from_json(cls, data: dict) -> ShardStats:
         stats = cls(rows=data["rows"])
         stats.counts = {(t, tt, bool(c)): n for t, tt, c, n in data["counts"]}
         for name, v in data["lengths"].items():
@@ -181,49 +190,30 @@ def length_summary(stats: ShardStats) -> dict[str, dict]:
     for name, (total, low, high, hist) in sorted(stats.lengths.items()):
         count = int(hist.sum())
         cum = np.cumsum(hist)
-
-        def quantile(q: float) -> int:
-            idx = int(np.searchsorted(cum, q * count))
-            return min(high, (idx + 1) * LENGTH_BIN - 1)
-
+        p50, p90, p99 = (min(high, (int(np.searchsorted(cum, q * count)) + 1) * LENGTH_BIN - 1)
+                         for q in (0.5, 0.9, 0.99))
         out[name] = {"total": total, "mean": round(total / count, 2) if count else 0.0, "min": low, "max": high,
-                     "p50": quantile(0.5), "p90": quantile(0.9), "p99": quantile(0.99)}
+                     "p50": p50, "p90": p90, "p99": p99}
     return out
 
 
-# ---------------------------------------------------------------------------------------------- finalize
+# ---------------------------------------------------------------------------------------------- output folder
 
-def temp_dir_for(out_dir: Path) -> Path:
-    """The temporary build folder beside `out_dir`."""
-    return out_dir.parent / f"{out_dir.name}.tmp-{os.getpid()}"
-
-
-def prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
-    """Refuse an existing DIR unless overwriting; create and return the temp folder beside it."""
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an existing DIR unless overwriting (and a file in any case). The output is then built in a temporary
+    folder beside DIR (`core.atomic.atomic_dir`) that replaces DIR only when complete."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FlanmixError("output folder already exists", file=out_dir, field="--out",
                            expected="a new folder, or --overwrite")
     if out_dir.exists() and not out_dir.is_dir():
         raise FlanmixError("output path is a file", file=out_dir, field="--out", expected="a folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir_for(out_dir)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
 
 
-def finalize(tmp: Path, out_dir: Path, manifest: dict) -> None:
-    """Write manifest.json into the temp folder and move it into place (replacing DIR if it exists)."""
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    if out_dir.exists():
-        old = out_dir.parent / f"{out_dir.name}.old-{os.getpid()}"
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
+def write_manifest(directory: Path, manifest: dict) -> None:
+    """Write `DIR/manifest.json` (sorted keys, so equal manifests are equal bytes)."""
+    (Path(directory) / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n",
+                                                   encoding="utf-8")
 
 
 def read_manifest(directory: Path | str) -> dict:

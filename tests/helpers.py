@@ -41,7 +41,7 @@ def write_task(root: Path, name: str, cluster: str, examples: int, *, options: b
             - {{input: "{name}: what is {{{{ question }}}}?\\n{{{{ options_ }}}}", target: "{{{{ answer }}}}"}}
             - {{input: "{name}: compute {{{{ question }}}}.", target: "{{{{ answer }}}}"}}
             - {{input: "{name}: give two numbers adding to {{{{ answer }}}}", target: "{{{{ question }}}}", inverted: true}}
-        """) + cot_block
+        """) + cot_block  # noqa: E501 - one template a line, as a task file has them
     path = root / f"{name}.yaml"
     path.write_text(text)
     return path

@@ -10,6 +10,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from flanmix.core.errors import FlanmixError
+from flanmix.core.jsonl import iter_jsonl
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,35 +49,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _read_examples(path: str) -> list[tuple[str, str]]:
-    import json
-    from pathlib import Path
-
-    from flanmix.core.errors import FlanmixError
-
-    p = Path(path)
-    if not p.is_file():
-        raise FlanmixError("file not found", file=p)
+    """(prompt, answer) of every row of a JSONL file with prompt/answer (or inputs/targets) fields."""
     out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise FlanmixError(f"invalid JSON: {err.msg}", file=p, line=n) from None
+    for n, row in iter_jsonl(path):
         prompt = row.get("prompt", row.get("inputs"))
         answer = row.get("answer", row.get("targets", row.get("completion")))
         if not isinstance(prompt, str) or not isinstance(answer, str) or not answer.strip():
-            raise FlanmixError("row needs a prompt (or inputs) and a non-empty answer (or targets)", file=p,
+            raise FlanmixError("row needs a prompt (or inputs) and a non-empty answer (or targets)", file=path,
                                line=n)
         out.append((prompt, answer))
     return out
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from flanmix.core.errors import FlanmixError
-    from flanmix.preferences import preference_rows, rows_from_tasks
-    from flanmix.preferences import write_rows
+    from flanmix.preferences import preference_rows, rows_from_tasks, write_rows
 
     if args.n < 1 or args.k < 2:
         raise FlanmixError("--n must be >= 1 and --k >= 2", field="n")
@@ -91,9 +80,6 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from flanmix.core.errors import FlanmixError
     from flanmix.preferences import IMPORTERS, pandalm_rows, write_rows
 
     src = Path(args.src)

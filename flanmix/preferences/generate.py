@@ -8,18 +8,19 @@ distance to the correct answer (numeric distance for numbers, Levenshtein distan
     rankings: {"prompt", "responses": [correct, p1, …], "scores": [0, −d1, …]}  (distinct scores, shuffled order)
 
 Everything here is pure Python and seeded from (seed, example index), so the same input gives the same file.
-`rows_from_tasks` renders examples of registered tasks through `flanmix.registry` / `flanmix.render` when those
-are available.
+`rows_from_tasks` renders examples of registered tasks (`flanmix.registry`) and makes rows from them.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import string
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from flanmix.core.errors import FlanmixError
+from flanmix.registry import load_registry
 
 _NUM = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
 
@@ -143,8 +144,6 @@ def preference_rows(examples: Iterable[tuple[str, str]], *, kind: str = "pairs",
     rankings: the answer and k − 1 perturbations with distinct distances, scored −distance, in shuffled order.
     Examples whose answer cannot be perturbed are skipped.
     """
-    import math
-
     if kind not in ("pairs", "rankings"):
         raise FlanmixError(f"unknown kind {kind!r}", field="kind", expected="pairs | rankings")
     if kind == "rankings" and k < 2:
@@ -183,8 +182,6 @@ def task_examples(tasks: Sequence[str], *, n: int = 200, split: str = "train", s
     """(inputs, targets) of up to n rendered examples per task; `tasks` are names, globs or `cluster:NAME`.
 
     Only non-inverted zero-shot templates are used (their target is the task's answer), cycling over them."""
-    from flanmix.registry import load_registry
-
     registry = load_registry(extra_dirs)
     seen: set[str] = set()
     out: list[tuple[str, str]] = []

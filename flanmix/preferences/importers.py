@@ -20,18 +20,17 @@ def hh_rlhf_rows(path: str | Path) -> tuple[list[dict], int]:
     path = Path(path)
     rows, dropped = [], 0
     for _, obj in iter_jsonl(path):
-            c, r = obj["chosen"], obj["rejected"]
-            ic, ir = c.rfind(HH_SPLIT), r.rfind(HH_SPLIT)
-            if ic < 0 or ir < 0:
-                dropped += 1
-                continue
-            prompt_c, prompt_r = c[: ic + len(HH_SPLIT)], r[: ir + len(HH_SPLIT)]
-            chosen, rejected = c[ic + len(HH_SPLIT):], r[ir + len(HH_SPLIT):]
-            if prompt_c != prompt_r or not chosen.strip() or not rejected.strip() \
-                    or chosen.strip() == rejected.strip():
-                dropped += 1
-                continue
-            rows.append({"prompt": prompt_c, "chosen": chosen, "rejected": rejected})
+        c, r = obj["chosen"], obj["rejected"]
+        ic, ir = c.rfind(HH_SPLIT), r.rfind(HH_SPLIT)
+        if ic < 0 or ir < 0:
+            dropped += 1
+            continue
+        prompt_c, prompt_r = c[: ic + len(HH_SPLIT)], r[: ir + len(HH_SPLIT)]
+        chosen, rejected = c[ic + len(HH_SPLIT):], r[ir + len(HH_SPLIT):]
+        if prompt_c != prompt_r or not chosen.strip() or not rejected.strip() or chosen.strip() == rejected.strip():
+            dropped += 1
+            continue
+        rows.append({"prompt": prompt_c, "chosen": chosen, "rejected": rejected})
     return rows, dropped
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from flanmix.core.atomic import write_jsonl
 from flanmix.core.errors import FlanmixError

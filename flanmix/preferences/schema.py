@@ -37,16 +37,9 @@ class Group:
         k = len(self.responses)
         return [(i, j) for i in range(k) for j in range(k) if self.scores[i] > self.scores[j]]
 
-    def to_row(self) -> dict:
-        if len(self.responses) == 2 and self.scores == [1.0, 0.0]:
-            row = {"prompt": self.prompt, "chosen": self.responses[0], "rejected": self.responses[1]}
-            if self.margin is not None:
-                row["margin"] = self.margin
-            return row
-        return {"prompt": self.prompt, "responses": self.responses, "scores": self.scores}
-
 
 def is_messages(x: Any) -> bool:
+    """Whether `x` is a chat: a list of `{role, content}` messages."""
     return isinstance(x, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in x)
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import make_registry
 
 from flanmix.core.errors import FlanmixError
 from flanmix.mixture import build, merge
 from flanmix.writer import read_manifest
-from helpers import make_registry
 
 SPEC = {
     "seed": 5, "size": {"examples": 2400}, "rate": {"by": "examples", "cap": 400}, "cot": 0.4, "inversion": 0.3,
@@ -76,6 +76,32 @@ def test_byte_identical_whatever_num_proc(registry, tmp_path):
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
     _build(registry, tmp_path / "c", num_proc=1, seed=6)
     assert _files(tmp_path / "a")["train-00000.parquet"] != _files(tmp_path / "c")["train-00000.parquet"]
+
+
+def test_a_build_leaves_the_process_as_it_found_it(registry, tmp_path):
+    import gc
+
+    import datasets
+
+    from flanmix.sources import iter_source
+    from flanmix.spec import SourceSpec
+
+    assert gc.get_freeze_count() == 0
+    _build(registry, tmp_path / "a", num_proc=2)
+    assert gc.get_freeze_count() == 0  # the build froze the loaded tasks while rendering, and thawed them
+    gc.freeze()  # objects the caller froze stay frozen (some may die meanwhile), and nothing more is frozen
+    try:
+        frozen = gc.get_freeze_count()
+        _build(registry, tmp_path / "b", num_proc=2)
+        assert frozen * 0.9 < gc.get_freeze_count() <= frozen
+    finally:
+        gc.unfreeze()
+    # Reading data files through `datasets` silences its progress bars only while reading.
+    (tmp_path / "rows.jsonl").write_text('{"a": 1}\n{"a": 2}\n')
+    assert not datasets.are_progress_bars_disabled()
+    rows = list(iter_source(SourceSpec(files="rows.jsonl"), task_name="t", base_dir=tmp_path))
+    assert [row for _, row in rows] == [{"a": 1}, {"a": 2}]
+    assert not datasets.are_progress_bars_disabled()
 
 
 def test_parts_merge_to_the_single_build(registry, tmp_path):

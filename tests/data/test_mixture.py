@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import subprocess
 import sys
@@ -9,11 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_registry
 
 from flanmix.core.errors import FlanmixError
-from flanmix.mixture import (MixtureSpec, build, epoch_size, find_mixture, largest_remainder, load_spec, make_plan,
-                             resolve)
-from helpers import make_registry
+from flanmix.mixture import (
+    MixtureSpec,
+    build,
+    epoch_size,
+    find_mixture,
+    largest_remainder,
+    load_spec,
+    make_plan,
+    resolve,
+)
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +186,9 @@ def test_cap_must_be_positive(registry, tmp_path, cap):
 
 
 def test_template_failing_mid_build_names_task_and_row(tmp_path):
-    from flanmix.registry import Registry
     from helpers import write_task
+
+    from flanmix.registry import Registry
 
     root = tmp_path / "reg"
     root.mkdir()
@@ -195,12 +205,14 @@ def test_template_failing_mid_build_names_task_and_row(tmp_path):
     err = _build_error(registry, mix, tmp_path)
     assert "task 'flaky', row flaky:" in str(err) and "missing" in str(err)
     assert not list(tmp_path.glob("out*"))  # nothing finalized, temp folder removed
+    assert gc.get_freeze_count() == 0  # the objects frozen for rendering are thawed after a failure too
 
 
 def test_source_failing_mid_build(tmp_path):
+    from helpers import write_task
+
     from flanmix.registry import Registry
     from flanmix.sources import register_generator
-    from helpers import write_task
 
     calls = {"n": 0}
 
