@@ -32,14 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flanmix import ablation
+    from flanmix.study import ablation
 
     if args.report:
-        rows = ablation.report(args.spec, args.out, registry_dirs=args.registry)
+        rows = ablation.rewrite_reports(args.spec, args.out, registry_dirs=args.registry)
         print(f"{args.out}/results.md: {len(rows)} complete cells")
         return 0
     result = ablation.run(args.spec, args.out, registry_dirs=args.registry, only=args.only, dry_run=args.dry_run,
-                         threads=args.threads, jobs=args.jobs)
+                          threads=args.threads, jobs=args.jobs)
     if not args.dry_run:
         print((result["plan"].out / "results.md").read_text(encoding="utf-8"))
     return 0

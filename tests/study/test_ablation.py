@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flanmix import ablation
 from flanmix.core.errors import FlanmixError
+from flanmix.study import ablation
 
 POOL = {f"t{i:02d}": f"c{i % 5}" for i in range(20)}
 
@@ -108,6 +108,10 @@ def test_budget_guard(tmp_path, tiny_model_dir):
      "train:\n  lr: -1\n", r"a.yaml:6: train.lr: "),
     ("held_out: {clusters: [logic]}\ntask_counts: [1]\nmodels: [nano]\nbudget: {steps: 2}\n"
      "preference:\n  config:\n    betta: 0.1\n", r"a.yaml:7: preference.config.betta: unknown key"),
+    ("held_out: {clusters: [logic]}\ntask_counts: [1]\nmodels: [nano]\nbudget: {steps: 2}\n"
+     "eval:\n  threads: 2\n", r"a.yaml:6: eval: .*threads is set by the ablation"),
+    ("held_out: {clusters: [logic]}\ntask_counts: [1]\nmodels: [nano]\nbudget: {steps: 2}\n"
+     "eval:\n  seen_metrics: [bleu]\n", r"a.yaml:6: eval.seen_metrics: .*unknown metric 'bleu'"),
     ("held_out: {clusters: [logic]}\ntask_counts: [1\n", r"a.yaml:\d+: malformed YAML"),
 ])
 def test_bad_yaml_one_line_exit_2(tmp_path, capsys, text, match):
@@ -120,6 +124,22 @@ def test_bad_yaml_one_line_exit_2(tmp_path, capsys, text, match):
     assert main(["ablate", str(spec), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("flanmix: error:") and "\n" not in err
+
+
+def test_eval_settings_are_eval_options_with_seen_overrides(tmp_path):
+    from flanmix.study.eval import EvalOptions
+
+    spec, _ = ablation.load_spec(write_spec(tmp_path / "a.yaml", eval={
+        "limit": 7, "metrics": ["rank_classification"], "seen_limit": 3, "seen_metrics": ["exact_match"],
+        "variant": "fs_opt"}))
+    held = spec.eval.options(seen=False, registry_dirs=["r"], threads=2)
+    seen = spec.eval.options(seen=True, registry_dirs=["r"], threads=2)
+    assert type(held) is EvalOptions and held.samples == 2
+    assert (held.limit, held.metrics, held.variant, held.registry_dirs, held.threads) == \
+        (7, ["rank_classification"], "fs_opt", ["r"], 2)
+    assert (seen.limit, seen.metrics, seen.variant) == (3, ["exact_match"], "fs_opt")
+    default, _ = ablation.load_spec(write_spec(tmp_path / "b.yaml"))
+    assert default.eval.options(seen=True, registry_dirs=[], threads=None).limit == 50
 
 
 # ------------------------------------------------------------------------------------------------- grid mechanics
@@ -189,6 +209,16 @@ def test_interrupted_run_resumes(tmp_path):
     assert calls == ["n004-nano-s0"] and len(res["skipped"]) == 2
 
 
+def test_run_sets_torch_threads_and_restores_them(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    during: list = []
+    ablation.run(write_spec(tmp_path / "a.yaml"), tmp_path / "out", dry_run=True, prepare=False, threads=before + 1,
+                 log=lambda msg: during.append(torch.get_num_threads()))
+    assert during[-1] == before + 1 and torch.get_num_threads() == before
+
+
 # ------------------------------------------------------------------------------------------------- real cells
 
 def test_real_grid_end_to_end_and_resume(tmp_path, tiny_model_dir):
@@ -237,9 +267,9 @@ def test_template_and_cot_axes(tmp_path):
     assert len(ids) == len(set(ids)) == 2 * 2 * 2
     assert "n002-nano-tpl1-cot0p5-s1" in ids and "n002-nano-cot0-s0" in ids
     cell = next(c for c in plan.cells if c.id == "n002-nano-tpl1-cot0p5-s1")
-    mspec = ablation._mixture_spec(plan, cell, 100)
+    mspec = ablation.mixture_spec(plan, cell, 100)
     assert mspec["cot"] == 0.5 and mspec["seed"] == 1 and mspec["components"] == [{"tasks": cell.tasks}]
-    limited = ablation._limited_registry(plan.registry, cell.tasks, 1)
+    limited = ablation.limited_registry(plan.registry, cell.tasks, 1)
     for name in cell.tasks:
         task = limited.get(name)
         assert task.num_templates() == 1 and task.template_indices(inverted=True) == []

@@ -7,18 +7,39 @@ import json
 
 import pytest
 
-from flanmix.eval import (EvalItem, aggregate, answers_match, bbh_eval_sets, bigbench_eval_sets, build_eval_sets,
-                          evaluate,
-                          extract_answer, item_metrics, load_bbh, load_bbh_cot_prompt, load_mmlu_csv, mmlu_eval_sets,
-                          normalize)
-
+from flanmix.study.eval import (
+    EvalItem,
+    EvalOptions,
+    aggregate,
+    answers_match,
+    build_eval_sets,
+    evaluate,
+    extract_answer,
+    item_metrics,
+    normalize,
+)
+from flanmix.study.eval.benchmarks import (
+    bbh_eval_sets,
+    bigbench_eval_sets,
+    load_bbh,
+    load_bbh_cot_prompt,
+    load_mmlu_csv,
+    mmlu_eval_sets,
+)
+from flanmix.study.eval.scorer import (
+    ModelScorer,
+    encode_option,
+    generate_greedy,
+    load_model,
+    option_logprobs,
+    prompt_ids,
+)
+from trainers.data import tokenize_prompt_completion
 
 # ------------------------------------------------------------------------------------------------ model fixtures
 
 @pytest.fixture(scope="module")
 def model_tok(tiny_model_dir):
-    from trainers.evaluate import load_model
-
     return load_model(tiny_model_dir)
 
 
@@ -32,7 +53,6 @@ def _brute_force(model, tokenizer, prompt: str, option: str) -> tuple[float, int
     """One unbatched, unpadded forward over prompt+option; sum of the option tokens' log-probs."""
     import torch
 
-    from trainers.evaluate import encode_option
 
     ids, n_prompt = encode_option(tokenizer, prompt, option)
     with torch.no_grad():
@@ -43,8 +63,6 @@ def _brute_force(model, tokenizer, prompt: str, option: str) -> tuple[float, int
 
 
 def test_option_logprobs_equal_brute_force_for_any_batching(model_tok):
-    from trainers.evaluate import option_logprobs
-
     model, tok = model_tok
     expected = [[_brute_force(model, tok, p, o) for o in opts] for p, opts in zip(PROMPTS, OPTIONS)]
     for batch_size, max_tokens in ((1, 65536), (3, 65536), (64, 65536), (64, 40)):
@@ -56,9 +74,6 @@ def test_option_logprobs_equal_brute_force_for_any_batching(model_tok):
 
 
 def test_option_scores_include_eos_and_match_training_tokenization(model_tok):
-    from trainers.data import tokenize_prompt_completion
-    from trainers.evaluate import encode_option, option_logprobs
-
     model, tok = model_tok
     ids, n_prompt = encode_option(tok, PROMPTS[0], "3")
     train_ids, labels = tokenize_prompt_completion(tok, PROMPTS[0], "3")
@@ -72,7 +87,6 @@ def test_option_scores_include_eos_and_match_training_tokenization(model_tok):
 def test_generation_batched_equals_unbatched_and_hf_greedy(model_tok):
     import torch
 
-    from trainers.evaluate import generate_greedy, prompt_ids
 
     model, tok = model_tok
     batched = generate_greedy(model, tok, PROMPTS, max_new_tokens=10, batch_size=8)
@@ -87,8 +101,6 @@ def test_generation_batched_equals_unbatched_and_hf_greedy(model_tok):
 
 
 def test_generation_stops_at_stop_strings(model_tok):
-    from trainers.evaluate import generate_greedy
-
     model, tok = model_tok
     free = generate_greedy(model, tok, PROMPTS, max_new_tokens=12)
     k = next(i for i, text in enumerate(free) if len(text) >= 4)
@@ -149,7 +161,7 @@ def test_item_metrics_with_injected_predictions():
 
 
 def test_aggregate_macro_averages():
-    sets = build_eval_sets(["arith_add", "arith_sub", "cls_parity"], limit=4, metrics=["exact_match"])
+    sets = build_eval_sets(["arith_add", "arith_sub", "cls_parity"], EvalOptions(limit=4, metrics=["exact_match"]))
     gens = {(si, ii): (it.reference if si != 1 else "wrong") for si, s in enumerate(sets)
             for ii, it in enumerate(s.items)}
     res = aggregate(sets, gens, {})
@@ -248,10 +260,12 @@ class OracleScorer:
 def test_perfect_model_scores_one_on_every_bundled_task_and_bbh(shared_data):
     specs = ["*", f"bbh:{shared_data / 'eval' / 'bbh'}", f"bigbench:{shared_data / 'eval' / 'bigbench'}",
              f"mmlu:{shared_data / 'eval' / 'mmlu'}"]
-    sets = build_eval_sets(specs, limit=5, bbh_cot=True)
+    options = EvalOptions(limit=5, bbh_cot=True)
+    sets = build_eval_sets(specs, options)
     clusters = {s.cluster for s in sets}
     assert clusters >= {"arithmetic", "bbh", "mmlu", "bigbench"} and len(clusters) >= 9
-    report = evaluate(OracleScorer(sets), specs, limit=5, bbh_cot=True)
+    report = evaluate(OracleScorer(sets), specs, options)
+    assert report["settings"] == options.model_dump(mode="json")
     for name, task in report["tasks"].items():
         for metric, value in task["metrics"].items():
             assert value == 1.0, (name, metric, task["samples"])
@@ -263,7 +277,7 @@ def test_perfect_model_scores_one_on_every_bundled_task_and_bbh(shared_data):
 
 
 def test_untrained_model_is_near_chance_on_mmlu(tiny_model_dir, shared_data):
-    report = evaluate(tiny_model_dir, [f"mmlu:{shared_data / 'eval' / 'mmlu'}"], split="validation")
+    report = evaluate(tiny_model_dir, [f"mmlu:{shared_data / 'eval' / 'mmlu'}"], EvalOptions(split="validation"))
     acc = report["clusters"]["mmlu"]["score"]
     assert 0.08 < acc < 0.45, acc  # 4 options: chance is 0.25
     assert report["overall"]["n_items"] == 180
@@ -301,7 +315,30 @@ def test_cli_errors_are_one_line(tiny_model_dir, tmp_path, capsys):
     assert main(["eval", str(tiny_model_dir), "--tasks", "bbh:/nonexistent/bbh"]) == 2
     assert "BBH path not found" in capsys.readouterr().err
     assert main(["eval", str(tiny_model_dir), "--tasks", "arith_add", "--metrics", "bleu"]) == 2
-    assert "unknown metric" in capsys.readouterr().err
+    assert "metrics: Value error, unknown metric 'bleu'" in capsys.readouterr().err
+    assert main(["eval", str(tiny_model_dir), "--tasks", "arith_add", "--limit", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "limit: Input should be greater than or equal to 1" in err and "\n" not in err
+
+
+def test_model_scorer_leaves_threads_and_training_mode_as_it_found_them(model_tok):
+    import torch
+
+    model, tok = model_tok
+    threads = torch.get_num_threads()
+    model.train()
+    seen = []
+    hook = model.register_forward_pre_hook(lambda module, args: seen.append((torch.get_num_threads(), module.training)))
+    try:
+        scorer = ModelScorer(model, tok, threads=threads + 1)
+        scorer.generate(PROMPTS[:2], max_new_tokens=2, stop=[[], []])
+        scorer.rank(PROMPTS[:1], OPTIONS[:1])
+    finally:
+        hook.remove()
+        training = model.training
+        model.eval()
+    assert seen and set(seen) == {(threads + 1, False)}, "scoring runs in eval mode with the scorer's threads"
+    assert torch.get_num_threads() == threads and training, "both go back afterwards"
 
 
 def test_model_memorising_its_eval_rows_through_sft_scores_one(tiny_model_dir, tmp_path):
@@ -312,7 +349,8 @@ def test_model_memorising_its_eval_rows_through_sft_scores_one(tiny_model_dir, t
 
     from trainers.sft import train
 
-    sets = build_eval_sets(["arith_add", "cls_parity"], limit=4, metrics=["exact_match", "rank_classification"])
+    sets = build_eval_sets(["arith_add", "cls_parity"],
+                           EvalOptions(limit=4, metrics=["exact_match", "rank_classification"]))
     rows = [{"inputs": it.prompt, "targets": it.reference} for s in sets for it in s.items]
     data = tmp_path / "rows.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))

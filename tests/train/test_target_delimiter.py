@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
-from flanmix.eval import task_eval_set
+from flanmix.core.constants import TARGET_DELIMITER
 from flanmix.registry import Registry
-from trainers.data import TARGET_DELIMITER, row_to_ids, tokenize_prompt_completion
+from flanmix.study.eval import task_eval_set
+from trainers.data import IGNORE, row_to_ids
+from trainers.models import load_tokenizer
 
 
-def test_flan_rows_put_the_delimiter_before_the_target(tiny_model_dir):
-    from transformers import AutoTokenizer
+def _contains(seq: list[int], part: list[int]) -> bool:
+    return any(seq[i:i + len(part)] == part for i in range(len(seq) - len(part) + 1))
 
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+
+def test_flan_rows_train_the_answer_as_it_appears_in_exemplars(tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
     prompt, target = "Q: What is 2 + 2?\nA: 4\n\nQ: What is 3 + 4?\nA:", "7"
-    flan = row_to_ids(tok, {"inputs": prompt, "targets": target}, "inputs_targets", bos=True)
-    assert flan == tokenize_prompt_completion(tok, prompt, TARGET_DELIMITER + target, bos=True)
-    # The answer after the final "A:" gets the same tokens as the exemplar's answer after "A:" inside the prompt.
-    answer_ids = tok(" 4", add_special_tokens=False)["input_ids"]
-    assert answer_ids == tok(TARGET_DELIMITER + "4", add_special_tokens=False)["input_ids"]
-    verbatim = row_to_ids(tok, {"prompt": prompt, "completion": target}, "prompt_completion", bos=True)
-    assert verbatim == tokenize_prompt_completion(tok, prompt, target, bos=True)
+    ids, labels = row_to_ids(tok, {"inputs": prompt, "targets": target}, "inputs_targets", bos=True)
+    trained = [t for t in labels if t != IGNORE]
+    assert trained[-1] == tok.eos_token_id
+    assert ids[: len(ids) - len(trained)] == tok(prompt)["input_ids"]  # the prompt as inference tokenizes it
+    # The trained answer is exactly the tokens the same answer has inside an exemplar ("A: 7"), which a model
+    # reading few-shot prompts has seen; the bare target ("7") tokenizes differently.
+    exemplar = tok("Q: What is 3 + 4?\nA: 7\n\n", add_special_tokens=False)["input_ids"]
+    assert _contains(exemplar, trained[:-1])
+    bare = tok(target, add_special_tokens=False)["input_ids"]
+    assert bare != trained[:-1] and not _contains(exemplar, bare)
+    # prompt/completion rows are taken verbatim: no delimiter is added
+    _, verbatim = row_to_ids(tok, {"prompt": prompt, "completion": target}, "prompt_completion", bos=True)
+    assert [t for t in verbatim if t != IGNORE][:-1] == bare
 
 
 def test_eval_scores_options_after_the_delimiter():

@@ -1,14 +1,15 @@
-"""Model-side scoring for evaluation: greedy generation and option log-likelihoods (rank classification).
+"""The torch side of evaluation: load a model, greedy generation with a KV cache, option log-likelihoods (rank
+classification), and `ModelScorer`, which puts them behind the `Scorer` interface.
 
-This module knows nothing about tasks: it takes prompts (strings) and returns generations or scores. The data side
-(`flanmix.eval`) builds the prompts and computes metrics.
+Nothing here knows about tasks: it takes prompts (strings) and returns generations or scores; `suites` builds the
+prompts and `metrics` judges the outputs.
 
-Tokenization matches SFT training (`trainers.data.tokenize_prompt_completion`): the prompt is tokenized on its own
-(BOS prepended when the tokenizer adds one), the completion is tokenized on its own and its ids appended, then EOS.
-No text is inserted here: callers pass completions as trained (`flanmix.eval` prefixes a Flan row's options with
-`trainers.data.TARGET_DELIMITER`, as SFT does with its targets). So at inference the model continues the prompt's
-ids, and an option is scored as exactly the id sequence the model was trained to produce after that prompt, EOS
-included (`include_eos=True`; that also stops an option that is a prefix of another, "4" vs "46", from winning
+Tokenization matches SFT training (`trainers.data.tokenize_segments`): the prompt is tokenized on its own (BOS
+prepended when the tokenizer adds one), the completion is tokenized on its own and its ids appended, then EOS.
+No text is inserted here: callers pass completions as trained (`suites` prefixes a Flan row's options with
+`flanmix.core.constants.TARGET_DELIMITER`, as SFT does with its targets). So at inference the model continues the
+prompt's ids, and an option is scored as exactly the id sequence the model was trained to produce after that prompt,
+EOS included (`include_eos=True`; that also stops an option that is a prefix of another, "4" vs "46", from winning
 by being short).
 
 Batching: generation left-pads (so every row's next token sits in the last column) and runs an incremental
@@ -18,17 +19,19 @@ right-pads (a causal model's real positions never see the padding) and sorts by 
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from flanmix.core.errors import FlanmixError
 from trainers.data import adds_bos, tokenize_segments
 from trainers.logprobs import gather_logprobs
-
+from trainers.models import load_model_and_tokenizer
 
 # ------------------------------------------------------------------------------------------------------- loading
 
@@ -37,8 +40,6 @@ def load_model(path: str | Path, *, device: str | None = None, dtype: str = "flo
 
     Uses `trainers.models.load_model_and_tokenizer`, so a missing or broken folder is a one-line FlanmixError.
     """
-    from trainers.models import load_model_and_tokenizer
-
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype):
         raise FlanmixError(f"unknown dtype {dtype!r}", field="dtype", expected="float32 | bfloat16 | float16")
@@ -137,8 +138,6 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], *, max_new_tokens:
 
 def _cache_kwarg(model) -> str:
     # transformers 5.24 renamed `past_key_values` to `cache` (the old name warns); other models may still use it.
-    import inspect
-
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
@@ -350,3 +349,65 @@ def _score_batch(model, tokenizer, batch: list[tuple[list[int], list[list[int]]]
     stats.sequences += len(rows)
     stats.tokens += int(p_mask.sum()) + int(o_mask.sum())
     return scores
+
+
+# ------------------------------------------------------------------------------------------------------ the Scorer
+
+class ModelScorer:
+    """A causal LM (a model folder, or a model and its tokenizer in memory) behind the `Scorer` interface."""
+
+    def __init__(self, model, tokenizer=None, *, batch_size: int = 32, include_eos: bool = True,
+                 threads: int | None = None, device: str | None = None) -> None:
+        if tokenizer is None:
+            model, tokenizer = load_model(model, device=device)
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size, self.include_eos = batch_size, include_eos
+        self.params = sum(p.numel() for p in model.parameters())
+        # Tiny models are dominated by per-op overhead; a second intra-op thread only adds contention (measured
+        # 2-10x slower with 2 threads on a shared 2-core machine), so they run single-threaded unless told.
+        self.threads = threads if threads is not None else (1 if self.params < 20_000_000 else None)
+        self.gen_stats = GenerationStats()
+        self.rank_stats = ScoringStats()
+
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[None]:
+        """Eval mode and the thread count for one call; both go back as they were (a model handed over
+        mid-training keeps training afterwards)."""
+        old_threads, training = torch.get_num_threads(), self.model.training
+        self.model.eval()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old_threads)
+            self.model.train(training)
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int,
+                 stop: Sequence[Sequence[str]]) -> list[str]:
+        """Greedy continuations (see `generate_greedy`)."""
+        with self._running():
+            return generate_greedy(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                   stop=[tuple(s) for s in stop], batch_size=self.batch_size, stats=self.gen_stats)
+
+    def rank(self, prompts: Sequence[str], options: Sequence[Sequence[str]]) -> list[list[tuple[float, int]]]:
+        """(sum of log-probs, token count) of every option of every prompt (see `option_logprobs`)."""
+        with self._running():
+            scores = option_logprobs(self.model, self.tokenizer, prompts, options, batch_size=self.batch_size * 2,
+                                     include_eos=self.include_eos, stats=self.rank_stats)
+        return [[(s.logprob, s.tokens) for s in row] for row in scores]
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` alone (sets generation budgets)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def timing(self) -> dict:
+        """Throughput counters of the calls so far (the results' `timing` section)."""
+        g, r = self.gen_stats, self.rank_stats
+        return {"generation": {"prompts": g.prompts, "seconds": round(g.seconds, 3), "new_tokens": g.new_tokens,
+                               "prompts_per_s": round(g.prompts / g.seconds, 1) if g.seconds else None,
+                               "truncated_prompts": g.truncated_prompts},
+                "rank_classification": {"prompts": r.prompts, "sequences": r.sequences, "seconds": round(r.seconds, 3),
+                                        "prompts_per_s": round(r.prompts / r.seconds, 1) if r.seconds else None,
+                                        "truncated": r.truncated},
+                "threads": self.threads, "params": self.params}
