@@ -276,3 +276,19 @@ def test_template_and_cot_axes(tmp_path):
         assert task.num_templates(cot=True) <= 1
     hashes = {c.hash for c in plan.cells}
     assert len(hashes) == len(plan.cells)
+
+
+def test_cell_hashes_of_the_demo_grid_match_the_first_release(repo_root, tmp_path):
+    """A rerun must find cells finished by earlier versions: the hashes below were computed by flanmix 0.1.0
+    (before eval settings became `EvalOptions`) for ablations/demo.yaml. A new option changes a cell's hash only
+    when it is set away from its default."""
+    spec_file = repo_root / "ablations" / "demo.yaml"
+    spec, _ = ablation.load_spec(spec_file)
+    plan = ablation.make_plan(spec, tmp_path / "run", spec_file=spec_file)
+    hashes = {cell.id: cell.hash for cell in plan.cells}
+    assert {k: hashes[k] for k in ("base-nano-s0", "base-tiny-s0", "n001-nano-s0", "n001-tiny-s0")} == {
+        "base-nano-s0": "4603306faececd7f", "base-tiny-s0": "74085f01e58a54ae",
+        "n001-nano-s0": "9f943698431c4116", "n001-tiny-s0": "70d66f4936b16be8"}
+    changed = spec.model_copy(update={"eval": spec.eval.model_copy(update={"bbh_shots": 1})})
+    rehashed = ablation.make_plan(changed, tmp_path / "run", spec_file=spec_file)
+    assert all(a.hash != b.hash for a, b in zip(plan.cells, rehashed.cells))

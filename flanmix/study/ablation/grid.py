@@ -247,6 +247,18 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# The eval settings every run has hashed since the first release. Options added later join a cell's hash only when
+# set away from their default, so cells finished before an option existed are still found on a rerun.
+_HASHED_EVAL_KEYS = ("limit", "variant", "metrics", "seen", "seen_limit", "seen_metrics", "batch_size",
+                     "max_new_tokens")
+
+
+def eval_identity(settings: Any) -> dict:
+    """The part of the eval settings that decides a cell's result, as it enters the cell hash."""
+    changed = settings.model_dump(exclude_defaults=True)
+    return {k: v for k, v in settings.model_dump().items() if k in _HASHED_EVAL_KEYS or k in changed}
+
+
 def cell_config(plan: Plan, cell: Cell) -> dict:
     """Everything that determines a cell's result (its hash decides whether a stored result is reused)."""
     spec = plan.spec
@@ -255,7 +267,7 @@ def cell_config(plan: Plan, cell: Cell) -> dict:
             "model": m.model_dump(), "vocab_size": spec.vocab_size, "budget": spec.budget.model_dump(),
             "mixture": spec.mixture, "train": spec.train,
             "preference": spec.preference.model_dump() if spec.preference else None,
-            "eval": spec.eval.model_dump(), "held_out": sorted(plan.held_out)}
+            "eval": eval_identity(spec.eval), "held_out": sorted(plan.held_out)}
 
 
 # ================================================================================================ cell folders
