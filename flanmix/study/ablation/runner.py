@@ -198,12 +198,12 @@ def _run_parallel(plan: Plan, todo: list[Cell], worker: _WorkerArgs, model_dirs:
     """Run `todo` on `jobs` worker processes, recording each result as it arrives."""
     # spawn, not fork: a forked torch with live thread pools can deadlock.
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                             initargs=(threads,)) as pool:
+                             initargs=(threads, worker)) as pool:
         pending: dict[Future, Cell] = {}
         progress.log(f"{len(todo)} cells on {jobs} worker processes")
         for cell in todo:
             start_cell_dir(plan, cell)
-            fut = pool.submit(_work, worker, cell.id, str(model_dirs[(cell.model, cell.seed)]), needs.get(cell.id))
+            fut = pool.submit(_work, cell.id, str(model_dirs[(cell.model, cell.seed)]), needs.get(cell.id))
             pending[fut] = cell
         try:
             while pending:
@@ -218,12 +218,20 @@ def _run_parallel(plan: Plan, todo: list[Cell], worker: _WorkerArgs, model_dirs:
             raise
 
 
-def _init_worker(threads: int) -> None:
+# Set only inside pool worker processes (by `_init_worker`), never in the process that runs the grid: a worker
+# resolves the plan (registry discovery, subsets) once and reuses it for every cell it runs.
+_worker_plan: Plan | None = None
+
+
+def _init_worker(threads: int, worker: _WorkerArgs) -> None:
+    global _worker_plan
     torch.set_num_threads(threads)  # the worker process's own setting: it ends with the pool
+    _worker_plan = worker.plan()
 
 
-def _work(worker: _WorkerArgs, cell_id: str, model_dir: str, needs: dict | None) -> tuple[dict, float]:
-    plan = worker.plan()
+def _work(cell_id: str, model_dir: str, needs: dict | None) -> tuple[dict, float]:
+    plan = _worker_plan
+    assert plan is not None, "_work runs only in pool workers started by _run_parallel"
     cell = next(c for c in plan.cells if c.id == cell_id)
     stderr_log(f"start {cell.id}: {len(cell.tasks)} tasks ({', '.join(cell.tasks[:4])}"
                f"{' ...' if len(cell.tasks) > 4 else ''})")
