@@ -52,6 +52,7 @@ class Module:
     tree: ast.Module
     is_package: bool
     imports: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)  # (module, line, names)
+    missing: list[tuple[str, int]] = field(default_factory=list)  # first-party modules named but not in the tree
 
 
 def collect(root: Path) -> dict[str, Module]:
@@ -67,8 +68,11 @@ def collect(root: Path) -> dict[str, Module]:
         for node in ast.walk(module.tree):
             if isinstance(node, ast.Import):
                 module.imports += [(alias.name, node.lineno, ()) for alias in node.names]
+                module.missing += [(a.name, node.lineno) for a in node.names if _unknown(a.name, modules)]
             elif isinstance(node, ast.ImportFrom):
                 base = _absolute(module, node)
+                if _unknown(base, modules):
+                    module.missing.append((base, node.lineno))
                 names = tuple(alias.name for alias in node.names)
                 # `from pkg import sub` imports the submodule pkg.sub when there is one.
                 subs = [f"{base}.{n}" for n in names if f"{base}.{n}" in modules]
@@ -76,6 +80,11 @@ def collect(root: Path) -> dict[str, Module]:
                 if len(subs) < len(names):
                     module.imports.append((base, node.lineno, tuple(n for n in names if f"{base}.{n}" not in modules)))
     return modules
+
+
+def _unknown(target: str, modules: dict[str, Module]) -> bool:
+    """A first-party module path that names no file of the tree (e.g. a module that was never committed)."""
+    return target.split(".")[0] in PACKAGES and target not in modules
 
 
 def _absolute(module: Module, node: ast.ImportFrom) -> str:
@@ -105,6 +114,7 @@ def violations(root: Path) -> list[str]:
     for module in modules.values():
         layer = layer_of(module.name)
         where = module.path.relative_to(root)
+        problems += [f"{where}:{line}: {target} is not a module of the tree" for target, line in module.missing]
         for target, line, names in module.imports:
             top = target.split(".")[0]
             if top in TRAINING_LIBS and layer in ("core", "data"):
@@ -214,6 +224,7 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
     ({"trainers/sft.py": "from flanmix.study import eval\n", "flanmix/study/eval.py": ""},
      "train module trainers.sft imports study module flanmix.study.eval"),
     ({"flanmix/writer.py": "import torch\n"}, "the data layer imports torch"),
+    ({"flanmix/writer.py": "from flanmix.fewshot import pack\n"}, "flanmix.fewshot is not a module of the tree"),
     ({"trainers/dpo.py": "from trainers.ppo import load_policy\n", "trainers/ppo.py": ""},
      "stage trainers.dpo imports sibling stage trainers.ppo"),
     ({"flanmix/mixture.py": "from flanmix.sources import _resolve\n", "flanmix/sources.py": ""},
