@@ -28,7 +28,10 @@ STAGE_MODULES = {f"trainers.{name}" for name in ("sft", "rm", "dpo", "rrhf", "pp
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
 # Modules and functions allowed past the limits, each with the reason it is one piece.
-LONG_MODULES: dict[str, str] = {}
+LONG_MODULES: dict[str, str] = {
+    "flanmix/importers/flan_eval.py": "the closed evaluator of FLAN's files: one dispatch over the AST node kinds it "
+                                      "allows, with the bounds that keep it safe; split, its whitelist would scatter",
+}
 LONG_FUNCTIONS: dict[str, str] = {}
 
 
