@@ -40,10 +40,9 @@ BATCH, MAX_LEN, NEW_TOKENS, LR = 8, 128, 32, 1e-5
 def prepare(work: Path, n_pairs: int) -> None:
     """Tiny model, a reward-model folder, preference pairs and prompts (once per benchmark run)."""
     sys.path.insert(0, str(ROOT))
-    from flanmix.preferences import rows_from_tasks
+    from flanmix.preferences import rows_from_tasks, write_rows
     from trainers.init_model import init_model
-    from flanmix.preferences import write_rows
-    from trainers.rm import new_reward_model
+    from trainers.rewards import new_reward_model
 
     init_model("tiny", work / "model", vocab_size=4096, seed=0)
     rm = new_reward_model(work / "model", seed=0)
@@ -104,6 +103,7 @@ def _rows(work: Path) -> list[dict]:
 
 def _ours_stage_run(stage, work: Path, steps: int, clock: _Clock) -> None:
     from trainers import loop
+    from trainers.config import LoopSettings
 
     orig = stage.loss
 
@@ -113,9 +113,9 @@ def _ours_stage_run(stage, work: Path, steps: int, clock: _Clock) -> None:
         return out
 
     stage.loss = timed
-    cfg = loop.LoopConfig(output_dir=str(work / f"ours_{stage.name}"), batch_size=BATCH, max_steps=steps + 1,
-                          lr=LR, log_every=10_000, progress=False, tensorboard=False, save_final=False,
-                          resume="never", schedule="constant", seed=0)
+    cfg = LoopSettings(output_dir=str(work / f"ours_{stage.name}"), batch_size=BATCH, max_steps=steps + 1,
+                       lr=LR, log_every=10_000, progress=False, tensorboard=False, save_final=False,
+                       resume="never", schedule="constant", seed=0)
     loop.train(stage, cfg)
 
 
@@ -158,11 +158,12 @@ def worker(method: str, impl: str, work: Path, warmup: int, steps: int, threads:
         if method == "rm":
             import trl
 
-            from trainers.rm import new_reward_model
+            from trainers.rewards import new_reward_model
 
             args = trl.RewardConfig(max_length=MAX_LEN, **_trl_common(trl.RewardConfig, work, total))
-            tr = trl.RewardTrainer(model=new_reward_model(work / "model", seed=0), args=args, processing_class=_tok(work),
-                                   train_dataset=Dataset.from_list(_rows(work)), callbacks=[_trl_callback(clock)])
+            tr = trl.RewardTrainer(model=new_reward_model(work / "model", seed=0), args=args,
+                                   processing_class=_tok(work), train_dataset=Dataset.from_list(_rows(work)),
+                                   callbacks=[_trl_callback(clock)])
             tr.train()
         elif method in ("dpo", "dpo-pre"):
             import trl

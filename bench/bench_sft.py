@@ -4,7 +4,8 @@
 
 Model: `init-model --size tiny` (≈1.1M-parameter Llama, byte-level BPE 4096) with a tokenizer trained on the data.
 Data: prompt/completion rows rendered from the bundled tasks (Flan-style, short targets), max_length 128, batch 8,
-fp32, the tokenizer trained on `flanmix.corpus.bundled_corpus()` (init-model's default), AdamW lr 1e-3 betas (0.9, 0.999), linear decay, grad clip 1.0, completion-only loss in both.
+fp32, the tokenizer trained on `flanmix.corpus.bundled_corpus()` (init-model's default), AdamW lr 1e-3 betas
+(0.9, 0.999), linear decay, grad clip 1.0, completion-only loss in both.
 
 Every configuration runs in its own subprocess (so peak RSS is that run's alone), in alternating order, `repeats`
 times; medians are reported. tokens/s counts the real (non-pad) input tokens of the timed steps (after `warmup`
@@ -95,7 +96,7 @@ def child_flanmix(work: Path, packed: bool, steps: int, warmup: int, group: bool
                     mixed_precision="no", log_every=1, progress=False, tensorboard=False, save_final=False,
                     resume="never", seed=0, group_by_length=group)
     stage = SFTStage(cfg, verbose=False)
-    res = train(stage, cfg.loop_config())
+    res = train(stage, cfg)
     timed = [h for h in res.history if "tokens" in h][warmup:]
     tokens, secs = sum(h["tokens"] for h in timed), sum(h["time_s"] for h in timed)
     return {"tokens_per_s": tokens / secs, "steps_per_s": len(timed) / secs, "peak_rss_mb": _peak_rss_mb(),

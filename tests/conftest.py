@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -30,17 +31,15 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-# --- model fixtures (owned by the training-layer engineer; others use `tiny_model_dir`) ---
+# --- model fixtures ---
 
 def synthetic_texts(n: int = 2000, seed: int = 0) -> list[str]:
     """Small deterministic task-like corpus for training test tokenizers (no bundled data needed)."""
-    import random
-
     rng = random.Random(seed)
     words = ("alpha beta gamma delta red green blue cat dog fox sort reverse copy list word answer question "
              "the a of to is what which yes no true false first last number letter sentence").split()
     texts = []
-    for i in range(n):
+    for _ in range(n):
         a, b = rng.randint(0, 999), rng.randint(0, 999)
         ws = " ".join(rng.choice(words) for _ in range(rng.randint(3, 10)))
         texts.append(f"Question: What is {a} + {b}?\nAnswer: {a + b}")
@@ -52,7 +51,7 @@ def synthetic_texts(n: int = 2000, seed: int = 0) -> list[str]:
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random ≈0.25M-parameter Llama (hidden 64, 2 layers) + byte-level BPE tokenizer (pad/bos/eos, chat template),
     built once per session. Treat it as read-only: copy it if a test needs to change it."""
-    from trainers.init_model import init_model
+    from trainers.init_model import init_model  # here, not at the top: data-side tests do not need the trainers
 
     out = tmp_path_factory.mktemp("models") / "nano"
     init_model("nano", out, vocab_size=2048, texts=synthetic_texts(), seed=0)

@@ -1,103 +1,93 @@
-"""Validated YAML configs for training stages (pydantic; unknown keys are errors, messages are one line).
+"""Training configs (torch-free): the loop settings every stage shares, loading them, and the record a run writes.
 
-`LoopSettings` holds the fields every stage shares (they map 1:1 onto `trainers.loop.LoopConfig`); a stage's config
-subclasses it and adds its own fields (see `trainers.sft.SFTConfig`). `load_config(path, cls)` reads a YAML file.
+`LoopSettings` is the one definition of the loop's settings: `trainers.loop.train(stage, settings)` reads it, and
+each stage's config subclasses it with its own fields (see `trainers.sft.SFTConfig`). Unknown keys are errors, and
+a config read from YAML reports them as `file:line: field: message` (through `flanmix.core.yamlio`).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
-from typing import Any, Literal, Optional, TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field
 
+from flanmix.core.atomic import write_text
 from flanmix.core.errors import FlanmixError
-
-from trainers.loop import LoopConfig
+from flanmix.core.strict import StrictMutable
+from flanmix.core.yamlio import YamlDoc, validate_mapping
 
 T = TypeVar("T", bound=BaseModel)
 
 
-class LoopSettings(BaseModel):
-    """Optimisation, logging and checkpointing settings shared by all stages (see LoopConfig for meanings)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class LoopSettings(StrictMutable):
+    """Optimisation, logging and checkpointing settings shared by all stages. Sizes are per process: the global
+    batch is batch_size * grad_accum * num_processes rows."""
 
     output_dir: str
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     epochs: float = Field(1.0, gt=0)
-    max_steps: Optional[int] = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)         # optimizer steps; overrides epochs
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = Field(1e-8, gt=0)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    max_grad_norm: Optional[float] = Field(1.0, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)      # cosine/linear decay down to lr * min_lr_ratio
+    max_grad_norm: float | None = Field(1.0, ge=0)    # None or 0: no clipping
+    # auto: bf16 on a GPU that supports it, else fp32 (bf16 autocast on CPU is slower)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
-    group_by_length: bool = False
-    eval_every: int = Field(0, ge=0)
-    eval_batch_size: Optional[int] = Field(None, ge=1)
-    save_every: int = Field(0, ge=0)
+    group_by_length: bool = False                     # steps of similar-length rows (needs stage.lengths())
+    eval_every: int = Field(0, ge=0)                  # steps; 0: only at the end (if the stage has eval data)
+    eval_batch_size: int | None = Field(None, ge=1)
+    save_every: int = Field(0, ge=0)                  # steps; 0: only the final checkpoint
     keep_checkpoints: int = Field(2, ge=0)
     log_every: int = Field(10, ge=1)
     seed: int = 0
-    resume: str = "auto"
+    resume: str = "auto"                              # auto | never | path to a checkpoint folder
     progress: bool = True
     tensorboard: bool = True
-    deepspeed: Optional[str | dict[str, Any]] = None
+    deepspeed: str | dict[str, Any] | None = None     # DeepSpeed config (file or dict); or `accelerate launch`'s
     save_final: bool = True
-    threads: Optional[int] = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1)           # torch CPU threads during the run (None: torch's default)
 
-    def loop_config(self) -> LoopConfig:
-        """The LoopConfig for these settings."""
-        fields = LoopConfig.__dataclass_fields__
-        return LoopConfig(**{k: v for k, v in self.model_dump().items() if k in fields})
-
-
-def format_validation_error(err: ValidationError, source: str | Path | None = None) -> FlanmixError:
-    """First pydantic error as a one-line FlanmixError (file, dotted field, message)."""
-    first = err.errors()[0]
-    loc = ".".join(str(x) for x in first.get("loc", ())) or None
-    msg = first.get("msg", "invalid value")
-    if first.get("type") == "extra_forbidden":
-        msg = "unknown key"
-    elif first.get("type") == "missing":
-        msg = "required key is missing"
-    more = f" (+{len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
-    return FlanmixError(msg + more, file=source, field=loc)
+    def loop_fields(self) -> dict[str, Any]:
+        """Only the loop's settings (not a stage's own fields), JSON-ready (recorded in every checkpoint)."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k in LoopSettings.model_fields}
 
 
-def validate(data: Any, cls: type[T], *, source: str | Path | None = None) -> T:
-    """Validate a mapping into `cls`, raising FlanmixError on the first problem."""
-    if isinstance(data, cls):
-        return data
+def load_config(path: str | Path, cls: type[T], overrides: dict[str, Any] | None = None) -> T:
+    """Read a YAML config file into `cls`, keyword `overrides` on top; errors name file, line and field."""
+    doc = YamlDoc.read(path)
+    if not isinstance(doc.data, dict):
+        raise FlanmixError("config must be a mapping", file=path, expected="key: value pairs")
+    return doc.validate(cls, {**doc.data, **(overrides or {})})
+
+
+def parse_config(config: Any, cls: type[T], overrides: dict[str, Any] | None = None) -> T:
+    """A stage config from a YAML path, a mapping or a `cls` object, with keyword `overrides` on top."""
+    if isinstance(config, (str, Path)):
+        return load_config(config, cls, overrides)
+    data = config.model_dump(exclude_unset=True) if isinstance(config, cls) else config
     if not isinstance(data, dict):
-        raise FlanmixError("config must be a mapping", file=source, expected="key: value pairs")
-    try:
-        return cls.model_validate(data)
-    except ValidationError as err:
-        raise format_validation_error(err, source) from err
+        raise FlanmixError("config must be a mapping", expected="key: value pairs")
+    return validate_mapping({**data, **(overrides or {})}, cls)
 
 
-def read_yaml(path: str | Path) -> Any:
-    """Parse a YAML file with one-line errors."""
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise FlanmixError("config file not found", file=p)
-    try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        line = getattr(getattr(err, "problem_mark", None), "line", None)
-        raise FlanmixError(f"invalid YAML: {getattr(err, 'problem', None) or err}", file=p,
-                           line=line + 1 if line is not None else None) from err
+def is_main_process() -> bool:
+    """True in the process that writes run files (rank 0 under `accelerate launch` / torchrun, or alone)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
-def load_config(path: str | Path, cls: type[T]) -> T:
-    """Read and validate a YAML config file."""
-    return validate(read_yaml(path), cls, source=path)
+def write_run_info(cfg: BaseModel, name: str, extra: dict | None = None) -> None:
+    """`<output_dir>/<name>_config.json`: the resolved config (and any extra facts) of a run (main process only)."""
+    if not is_main_process():
+        return
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / f"{name}_config.json", json.dumps({**cfg.model_dump(), **(extra or {})}, indent=1, default=str))

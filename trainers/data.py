@@ -9,9 +9,10 @@ The prompt/completion boundary. A BPE tokenizer may merge characters across the 
 tokenized as one string, so "the prompt's tokens" would no longer be a prefix of the joint tokenization, and the
 model would be trained on a token sequence it never sees at inference (where the prompt is tokenized alone and the
 completion generated after it). We therefore tokenize each segment separately (prompt exactly as inference does,
-BOS included if the tokenizer adds one) and concatenate the ids. `check_prefix` verifies the invariant on the
-result. EOS is appended to every trained segment as an id (never as text), so it is in the labels even when
-pad == eos: masking is driven by the labels we build, never by comparing ids to pad.
+BOS included if the tokenizer adds one) and concatenate the ids (`prompt_completion_ids`: the one rule that SFT
+and every preference stage use). `check_prefix` verifies the invariant on the result. EOS is appended to every
+trained segment as an id (never as text), so it is in the labels even when pad == eos: masking is driven by the
+labels we build, never by comparing ids to pad.
 
 Flan rows (`inputs`/`targets`) are stored stripped, as the Flan collection stores them. A decoder-only model reads
 them as one text, so the completion is `TARGET_DELIMITER + targets` (a space, as in lm-evaluation-harness): the
@@ -23,13 +24,16 @@ Labels are returned *unshifted* (`labels[t]` is the target for token t, -100 = n
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Literal
+
+import pyarrow.parquet as pq
 
 from flanmix.core.constants import TARGET_DELIMITER
 from flanmix.core.errors import FlanmixError
+from flanmix.core.jsonl import iter_jsonl
 
 IGNORE = -100
 Truncation = Literal["truncate", "drop"]
@@ -56,32 +60,16 @@ def read_rows(path: str | Path, columns: Sequence[str] | None = None) -> list[di
     rows: list[dict] = []
     for f in data_files(path):
         if f.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
             try:
                 table = pq.read_table(f, columns=[c for c in (columns or []) if c in pq.read_schema(f).names] or None)
             except Exception as err:  # pyarrow raises many types for a corrupt file
                 raise FlanmixError(f"cannot read Parquet file: {err}", file=f) from err
             rows.extend(table.to_pylist())
         elif f.suffix in (".jsonl", ".json"):
-            rows.extend(_read_jsonl(f, columns))
+            rows.extend({k: row[k] for k in columns if k in row} if columns else row for _, row in iter_jsonl(f))
         else:
             raise FlanmixError("unsupported data file type", file=f, expected=".parquet or .jsonl")
     return rows
-
-
-def _read_jsonl(f: Path, columns: Sequence[str] | None) -> Iterable[dict]:
-    with f.open(encoding="utf-8") as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise FlanmixError(f"invalid JSON: {err.msg}", file=f, line=i) from err
-            if not isinstance(row, dict):
-                raise FlanmixError("each line must be a JSON object", file=f, line=i)
-            yield {k: row[k] for k in columns if k in row} if columns else row
 
 
 def detect_format(columns: Iterable[str], *, source: str | Path | None = None) -> str:
@@ -147,17 +135,38 @@ def tokenize_segments(tokenizer, segments: Sequence[tuple[str, bool]], *, bos: b
     return ids, labels
 
 
+def prompt_ids(tokenizer, prompt: str, *, bos: bool | None = None) -> list[int]:
+    """The ids of a prompt as inference sees it: BOS (if the tokenizer adds one), then the prompt's own tokens."""
+    if bos is None:
+        bos = adds_bos(tokenizer)
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    return [tokenizer.bos_token_id] + ids if bos else ids
+
+
+def completion_ids(tokenizer, completion: str) -> list[int]:
+    """The ids of a completion, tokenized on its own (no special tokens), then EOS."""
+    ids = tokenizer(completion, add_special_tokens=False)["input_ids"] if completion else []
+    return ids + [tokenizer.eos_token_id]
+
+
+def prompt_completion_ids(tokenizer, prompt: str, completion: str, *, bos: bool | None = None
+                          ) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids + EOS): the one rule for joining a prompt and a completion, used by SFT and every
+    preference stage (RM, DPO, RRHF, PPO). Each part is tokenized separately (see the module docstring), so the
+    prompt's ids are exactly `prompt_ids(tokenizer, prompt)` whatever follows."""
+    return prompt_ids(tokenizer, prompt, bos=bos), completion_ids(tokenizer, completion)
+
+
 def tokenize_prompt_completion(tokenizer, prompt: str, completion: str, *, bos: bool | None = None
                                ) -> tuple[list[int], list[int]]:
-    """ids/labels for one prompt-completion pair; the prompt part equals `tokenizer(prompt)` exactly."""
-    return tokenize_segments(tokenizer, [(prompt, False), (completion, True)], bos=bos)
+    """ids/labels for one prompt-completion pair (`prompt_completion_ids`); labels are IGNORE on the prompt."""
+    p, c = prompt_completion_ids(tokenizer, prompt, completion, bos=bos)
+    return p + c, [IGNORE] * len(p) + c
 
 
 def check_prefix(tokenizer, prompt: str, ids: Sequence[int], *, bos: bool | None = None) -> None:
     """Raise if the ids of `prompt` tokenized alone (as at inference) are not a prefix of `ids`."""
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    if bos if bos is not None else adds_bos(tokenizer):
-        p = [tokenizer.bos_token_id] + p
+    p = prompt_ids(tokenizer, prompt, bos=bos)
     if list(ids[: len(p)]) != p:
         raise FlanmixError("prompt tokens are not a prefix of the example's tokens", field="prompt")
 

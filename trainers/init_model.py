@@ -8,13 +8,17 @@ transformers folder (`config.json`, `model.safetensors`, `tokenizer.json`, ...) 
 
 from __future__ import annotations
 
-import os
-import shutil
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
+from flanmix.core.atomic import atomic_dir
 from flanmix.core.errors import FlanmixError
+from flanmix.corpus import bundled_corpus
+from trainers.data import read_rows
+
+# torch, transformers and tokenizers are imported inside the functions that build models: importing this module
+# (for SIZES, e.g. by the ablation spec) stays cheap.
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
@@ -170,8 +174,6 @@ def read_corpus(path: str | Path) -> list[str]:
     if not path.exists():
         raise FlanmixError("corpus file not found", file=path)
     if path.suffix in (".jsonl", ".json", ".parquet") or path.is_dir():
-        from trainers.data import read_rows
-
         texts = []
         for row in read_rows(path):
             for key in ("inputs", "targets", "prompt", "completion", "text"):
@@ -186,10 +188,6 @@ def read_corpus(path: str | Path) -> list[str]:
 
 def default_corpus() -> list[str]:
     """The bundled task text (rendered Flan-style examples) that ships with flanmix."""
-    try:
-        from flanmix.corpus import bundled_corpus
-    except ImportError as err:  # the data side is optional for trainers users
-        raise FlanmixError("no bundled corpus available; pass --corpus FILE", field="corpus") from err
     return list(bundled_corpus())
 
 
@@ -224,12 +222,7 @@ def init_model(
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     params = sum(p.numel() for p in model.parameters())
 
-    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_dir(out, replace=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     return {"path": str(out), "size": spec.name, "params": params, "vocab_size": vocab}

@@ -30,10 +30,6 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
-def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    return (values * mask).sum(dim)
-
-
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Mean over the entries where mask is 1 (over everything when dim is None)."""
     mask = mask.to(values.dtype)

@@ -39,6 +39,7 @@ def check_model_dir(path: str | Path) -> Path:
 
 def load_tokenizer(path: str | Path, *, require_eos: bool = True):
     """AutoTokenizer from a local folder; sets pad = eos if the tokenizer has no pad token."""
+    # transformers (and torch) are imported when a model is loaded, so `check_model_dir` stays cheap for the CLI
     from transformers import AutoTokenizer
 
     p = Path(path)
@@ -59,15 +60,14 @@ def load_tokenizer(path: str | Path, *, require_eos: bool = True):
 
 def load_causal_lm(path: str | Path, *, dtype: Any = None, attn_implementation: str | None = None):
     """AutoModelForCausalLM from a local folder (fp32 by default), with clear errors for broken folders."""
-    import torch
+    import torch  # see load_tokenizer
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     p = check_model_dir(path)
     kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype or torch.float32}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    from transformers.utils import logging as hf_logging
-
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise for tiny models and CLIs
     try:
@@ -94,6 +94,14 @@ def load_model_and_tokenizer(path: str | Path, *, tokenizer: str | Path | None =
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     return model, tok
+
+
+def check_same_tokenizer(tokenizer, other, other_path: Any = None) -> None:
+    """A second model (reward model, reference, critic) must read the policy's token ids: the vocabularies (and
+    EOS) must be identical."""
+    if tokenizer.get_vocab() != other.get_vocab() or tokenizer.eos_token_id != other.eos_token_id:
+        raise FlanmixError("the reward model's tokenizer differs from the policy's", file=other_path,
+                           field="tokenizer", expected="the same vocabulary and EOS as the policy")
 
 
 def _one_line(err: BaseException) -> str:

@@ -7,7 +7,7 @@ Packing concatenates several tokenized examples ("documents") into one row of at
 Documents must not see each other:
   * `position_ids` restart at 0 for every document. transformers >= 5 detects this (with attention_mask=None and no
     cache) and builds a block-diagonal causal mask itself for the eager and sdpa backends (and uses varlen kernels
-    for flash attention); verified in tests/test_packing.py to give the same loss as unpacked batches.
+    for flash attention); verified in tests/train/test_packing.py to give the same loss as unpacked batches.
   * the last token of a document has no target (it would otherwise be trained to predict the next document's
     first token): with shifted labels this is "the first label of each document is masked".
   * for models that do not read packing from position_ids, `collate_packed(..., mask="4d")` also returns an
@@ -16,7 +16,7 @@ Documents must not see each other:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

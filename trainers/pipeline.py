@@ -26,54 +26,51 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from flanmix.core.atomic import write_text
 from flanmix.core.errors import FlanmixError
+from flanmix.core.strict import Strict
+from flanmix.core.yamlio import YamlDoc, format_loc
+from flanmix.preferences import load_preferences
+from trainers.preference import read_prompts
+from trainers.stages import POLICY_STAGES, REWARD_STAGES, run_stage, stage_config, stage_names
 
-KINDS = ("sft", "rm", "dpo", "rrhf", "ppo")
-POLICY_KINDS = ("sft", "dpo", "rrhf", "ppo")
 MARKER = "COMPLETE"
 # settings that may name an earlier stage, and the kinds of stage they may name
 STAGE_REFS = {
-    "init": POLICY_KINDS + ("rm",),
-    "reference": POLICY_KINDS,
-    "critic": ("rm",) + POLICY_KINDS,
-    "reward_model": ("rm",),
-    "candidates.sample_from": POLICY_KINDS,
-    "candidates.reward_model": ("rm",),
+    "init": POLICY_STAGES + REWARD_STAGES,
+    "reference": POLICY_STAGES,
+    "critic": REWARD_STAGES + POLICY_STAGES,
+    "reward_model": REWARD_STAGES,
+    "candidates.sample_from": POLICY_STAGES,
+    "candidates.reward_model": REWARD_STAGES,
 }
 
 
-class PipelineConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PipelineConfig(Strict):
+    """The top level of a pipeline file."""
 
     model: str
-    output_dir: Optional[str] = None             # default: runs/<pipeline file stem>
+    output_dir: str | None = None  # default: runs/<pipeline file stem>
     seed: int = 0
     stages: list[dict[str, Any]] = Field(min_length=1)
 
 
-class PlannedStage(BaseModel):
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+@dataclass(frozen=True)
+class PlannedStage:
+    """One stage of a planned pipeline: its validated config, output folder and settings fingerprint."""
 
     kind: str
     name: str
     out: Path
-    config: Any                                  # the stage's validated config object
+    config: Any  # the stage's validated config object
     fingerprint: str
-
-
-def _config_class(kind: str):
-    from trainers.stages import stage_module
-
-    module = stage_module(kind)
-    return {"sft": "SFTConfig", "rm": "RMConfig", "dpo": "DPOConfig", "rrhf": "RRHFConfig",
-            "ppo": "PPOConfig"}[kind], module
 
 
 def _get(d: dict, dotted: str):
@@ -92,102 +89,111 @@ def _set(d: dict, dotted: str, value) -> None:
     d[parts[-1]] = value
 
 
+def _error(doc: YamlDoc, loc: list, message: str, expected: str | None = None) -> FlanmixError:
+    """A FlanmixError at `loc` (a path into the pipeline file), with its line."""
+    return FlanmixError(message, file=doc.path, line=doc.line_of(loc), field=format_loc(loc), expected=expected)
+
+
+def _read_entry(doc: YamlDoc, i: int, entry: Any, taken: dict) -> tuple[str, str, dict]:
+    """(kind, name, settings) of stage entry `i` (`{kind: {settings}}`), checked."""
+    if not isinstance(entry, dict) or len(entry) != 1:
+        raise _error(doc, ["stages", i], "a stage is a mapping with one key, the stage kind",
+                     expected="{" + "|".join(stage_names()) + ": {settings}}")
+    kind, settings = next(iter(entry.items()))
+    if kind not in stage_names():
+        raise _error(doc, ["stages", i], f"unknown stage kind {kind!r}", expected=" | ".join(stage_names()))
+    settings = dict(settings or {})
+    if not all(isinstance(k, str) for k in settings):
+        raise _error(doc, ["stages", i, kind], "stage settings must be a mapping")
+    for forbidden in ("model", "output_dir"):
+        if forbidden in settings:
+            raise _error(doc, ["stages", i, kind, forbidden], f"'{forbidden}' is set by the pipeline",
+                         expected="'init' to choose the starting model")
+    name = str(settings.pop("name", kind))
+    if name in taken:
+        raise _error(doc, ["stages", i, kind, "name"], f"duplicate stage name {name!r}",
+                     expected="unique names (set name:)")
+    return kind, name, settings
+
+
+def _default_reward_models(doc: YamlDoc, i: int, kind: str, settings: dict, last_rm: Path | None) -> None:
+    """A PPO stage without a reward — and RRHF candidates — use the latest rm stage."""
+    if kind == "ppo" and settings.get("reward_model") is None and settings.get("reward_fn") is None:
+        if last_rm is None:
+            raise _error(doc, ["stages", i, "ppo", "reward_model"],
+                         "ppo needs a reward_model (an earlier rm stage or a folder) or a reward_fn")
+        settings["reward_model"] = str(last_rm)
+    cand = settings.get("candidates")
+    if kind == "rrhf" and isinstance(cand, dict):
+        cand = settings["candidates"] = dict(cand)
+        if cand.get("reward_model") is None and cand.get("reward_fn") is None:
+            if last_rm is None:
+                raise _error(doc, ["stages", i, "rrhf", "candidates", "reward_model"],
+                             "rrhf candidates need a reward_model (an earlier rm stage) or a reward_fn")
+            cand["reward_model"] = str(last_rm)
+
+
+def _resolve_refs(doc: YamlDoc, i: int, kind: str, name: str, settings: dict, outputs: dict) -> None:
+    """Replace settings that name an earlier stage by that stage's final model folder."""
+    for key, allowed in STAGE_REFS.items():
+        value = _get(settings, key)
+        if not isinstance(value, str):
+            continue
+        loc = ["stages", i, kind, *key.split(".")]
+        if value in outputs:
+            ref_kind, ref_out = outputs[value]
+            if ref_kind not in allowed:
+                raise _error(doc, loc, f"{key} names stage {value!r}, a {ref_kind} stage",
+                             expected=f"a {' / '.join(allowed)} stage")
+            _set(settings, key, str(ref_out))
+        elif value in stage_names() or value == name:
+            raise _error(doc, loc, f"{key} names {value!r}, which is not an earlier stage",
+                         expected="the name of an earlier stage or a folder")
+
+
 def plan(path: str | Path) -> tuple[PipelineConfig, list[PlannedStage]]:
     """Read and validate a pipeline file; resolve stage references. Nothing is trained or written."""
-    from trainers.config import read_yaml, validate
-
     path = Path(path)
-    raw = read_yaml(path)
-    cfg = validate(raw, PipelineConfig, source=path)
+    doc = YamlDoc.read(path)
+    if not isinstance(doc.data, dict):
+        raise FlanmixError("a pipeline file must be a mapping", file=path, expected="model:, stages: ...")
+    cfg = doc.validate(PipelineConfig)
     root = Path(cfg.output_dir) if cfg.output_dir else Path("runs") / path.stem
     planned: list[PlannedStage] = []
     outputs: dict[str, tuple[str, Path]] = {}  # name -> (kind, final model folder)
     last_policy: Path = Path(cfg.model)
     last_rm: Path | None = None
     for i, entry in enumerate(cfg.stages):
-        where = f"stages.{i}"
-        if not isinstance(entry, dict) or len(entry) != 1:
-            raise FlanmixError("a stage is a mapping with one key, the stage kind", file=path, field=where,
-                               expected="{sft|rm|dpo|rrhf|ppo: {settings}}")
-        kind, settings = next(iter(entry.items()))
-        if kind not in KINDS:
-            raise FlanmixError(f"unknown stage kind {kind!r}", file=path, field=where, expected=" | ".join(KINDS))
-        settings = dict(settings or {})
-        if not all(isinstance(k, str) for k in settings):
-            raise FlanmixError("stage settings must be a mapping", file=path, field=f"{where}.{kind}")
-        for forbidden in ("model", "output_dir"):
-            if forbidden in settings:
-                raise FlanmixError(f"'{forbidden}' is set by the pipeline", file=path, field=f"{where}.{kind}."
-                                   f"{forbidden}", expected="'init' to choose the starting model")
-        name = str(settings.pop("name", kind))
-        if name in outputs:
-            raise FlanmixError(f"duplicate stage name {name!r}", file=path, field=f"{where}.{kind}.name",
-                               expected="unique names (set name:)")
-        # defaults that point at earlier stages
+        kind, name, settings = _read_entry(doc, i, entry, outputs)
         settings.setdefault("init", None)
-        if kind == "ppo" and settings.get("reward_model") is None and settings.get("reward_fn") is None:
-            if last_rm is None:
-                raise FlanmixError("ppo needs a reward_model (an earlier rm stage or a folder) or a reward_fn",
-                                   file=path, field=f"{where}.ppo.reward_model")
-            settings["reward_model"] = str(last_rm)
-        cand = settings.get("candidates")
-        if kind == "rrhf" and isinstance(cand, dict):
-            cand = settings["candidates"] = dict(cand)
-            if cand.get("reward_model") is None and cand.get("reward_fn") is None:
-                if last_rm is None:
-                    raise FlanmixError("rrhf candidates need a reward_model (an earlier rm stage) or a reward_fn",
-                                       file=path, field=f"{where}.rrhf.candidates.reward_model")
-                cand["reward_model"] = str(last_rm)
-        for key, allowed in STAGE_REFS.items():
-            value = _get(settings, key)
-            if not isinstance(value, str):
-                continue
-            if value in outputs:
-                ref_kind, ref_out = outputs[value]
-                if ref_kind not in allowed:
-                    raise FlanmixError(f"{key} names stage {value!r}, a {ref_kind} stage", file=path,
-                                       field=f"{where}.{kind}.{key}", expected=f"a {' / '.join(allowed)} stage")
-                _set(settings, key, str(ref_out))
-            elif value in KINDS or value == name:
-                raise FlanmixError(f"{key} names {value!r}, which is not an earlier stage", file=path,
-                                   field=f"{where}.{kind}.{key}", expected="the name of an earlier stage or a folder")
+        _default_reward_models(doc, i, kind, settings, last_rm)
+        _resolve_refs(doc, i, kind, name, settings, outputs)
         init = settings.pop("init") or str(last_policy)
         out = root / name
-        cls_name, module = _config_class(kind)
-        cls = getattr(module, cls_name)
         settings.setdefault("seed", cfg.seed)
         data = {**settings, "model": init, "output_dir": str(out)}
-        try:
-            stage_cfg = validate(data, cls, source=path)
-        except FlanmixError as err:
-            raise FlanmixError(err.message, file=path, field=f"{where}.{kind}" + (f".{err.field}" if err.field
-                                                                                   else ""),
-                               expected=err.expected) from None
+        stage_cfg = doc.validate(stage_config(kind), data, prefix=["stages", i, kind])
         fingerprint = hashlib.sha256(json.dumps({"kind": kind, **stage_cfg.model_dump()}, sort_keys=True,
                                                 default=str).encode()).hexdigest()[:16]
         planned.append(PlannedStage(kind=kind, name=name, out=out, config=stage_cfg, fingerprint=fingerprint))
         outputs[name] = (kind, out / "final")
-        if kind in POLICY_KINDS:
+        if kind in POLICY_STAGES:
             last_policy = out / "final"
-        if kind == "rm":
+        if kind in REWARD_STAGES:
             last_rm = out / "final"
     return cfg, planned
 
 
 def _write_marker(stage: PlannedStage, result) -> None:
-    tmp = stage.out / f".{MARKER}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"stage": stage.kind, "name": stage.name, "fingerprint": stage.fingerprint,
-                               "final_dir": str(stage.out / "final"), "steps": getattr(result, "steps", None),
-                               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
-    os.replace(tmp, stage.out / MARKER)
+    write_text(stage.out / MARKER, json.dumps(
+        {"stage": stage.kind, "name": stage.name, "fingerprint": stage.fingerprint,
+         "final_dir": str(stage.out / "final"), "steps": getattr(result, "steps", None),
+         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
 
 
 def preflight(stage: PlannedStage) -> None:
     """Read and validate a stage's preference / prompt files now, so bad rows stop the pipeline before any
     stage trains (the stage re-reads them when it runs)."""
-    from trainers.ppo import read_prompts
-    from flanmix.preferences import load_preferences
-
     cfg = stage.config
     if stage.kind in ("rm", "dpo") or (stage.kind == "rrhf" and cfg.candidates is None):
         for f in (cfg.data, cfg.eval_data):
@@ -210,8 +216,6 @@ def stage_status(stage: PlannedStage) -> str:
 
 def run_pipeline(path: str | Path) -> list[dict]:
     """Run (or resume) every stage of a pipeline file; returns one summary dict per stage."""
-    from trainers.stages import stage_module
-
     _, stages = plan(path)
     for st in stages:  # fail before training anything
         if stage_status(st) == "changed":
@@ -230,7 +234,7 @@ def run_pipeline(path: str | Path) -> list[dict]:
         print(f"[pipeline] {st.name}: {'resuming' if status == 'partial' else 'starting'} {st.kind} "
               f"from {st.config.model}", flush=True)
         start = time.perf_counter()
-        result = stage_module(st.kind).train(st.config)
+        result = run_stage(st.kind, st.config)
         _write_marker(st, result)
         summary.append({"name": st.name, "kind": st.kind, "status": "trained", "steps": result.steps,
                         "seconds": round(time.perf_counter() - start, 2), "final_dir": result.final_dir})

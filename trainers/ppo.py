@@ -13,7 +13,8 @@ Then ``ppo_epochs`` passes over the rollout in shuffled micro-batches of ``mini_
       + c_v · ½ E_t[ max((V_t − R_t)², (V_old,t + clip(V_t − V_old,t, −ε_v, ε_v) − R_t)²) ] (clipped value loss)
       + γ_ptx · E_pretrain[ −log π(x) ]                                                   (optional, InstructGPT)
 
-with ρ_t = π(a_t)/π_old(a_t). Logged: kl, reward, score, entropy, clipfrac, approx_kl, value_loss, policy_loss.
+with ρ_t = π(a_t)/π_old(a_t) (the equations: `trainers.losses.ppo`). Logged: kl, reward, score, entropy, clipfrac,
+approx_kl, value_loss, policy_loss.
 
 The stage feeds the shared loop (`trainers.loop.train`) through ``batches(ctx)``; the loop optimises one module
 holding actor and critic. Everything needed to continue a run exactly — the rollout in progress, the position in
@@ -24,68 +25,34 @@ the uninterrupted curve (the loop restores model, optimizer and RNG states).
 from __future__ import annotations
 
 import copy
-import importlib
 import inspect
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
 from pydantic import Field
 
 from flanmix.core.errors import FlanmixError
-from trainers.config import LoopSettings
+from trainers import loop
+from trainers.config import LoopSettings, parse_config, write_run_info
+from trainers.data import adds_bos, prompt_ids
 from trainers.logprobs import entropy_from_logits, gather_logprobs, masked_mean, masked_whiten
-
-
-# ------------------------------------------------------------------------------------------ math (pure, tested)
-
-def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
-                lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation on a [N, L] grid where `mask` marks each row's contiguous action span.
-
-    Positions outside the span get zero advantage; the step after the last action is terminal (V = 0).
-    Returns (advantages, returns = advantages + values).
-    """
-    mask = mask.to(values.dtype)
-    N, L = rewards.shape
-    adv = torch.zeros_like(values)
-    last = torch.zeros(N, dtype=values.dtype, device=values.device)
-    next_v = torch.zeros(N, dtype=values.dtype, device=values.device)
-    next_m = torch.zeros(N, dtype=values.dtype, device=values.device)
-    for t in reversed(range(L)):
-        delta = rewards[:, t] + gamma * next_v * next_m - values[:, t]
-        last = (delta + gamma * lam * last * next_m) * mask[:, t]
-        adv[:, t] = last
-        next_v, next_m = values[:, t], mask[:, t]
-    return adv, (adv + values) * mask
-
-
-def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip: float) -> tuple[torch.Tensor, dict]:
-    """Clipped surrogate objective (PPO eq. 7), as a loss to minimise; masked mean over action tokens."""
-    ratio = torch.exp(logps - old_logps)
-    pg1 = -advantages * ratio
-    pg2 = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = masked_mean(torch.maximum(pg1, pg2), mask)
-    with torch.no_grad():
-        stats = {
-            "clipfrac": masked_mean((pg2 > pg1).float(), mask).item(),
-            "approx_kl": masked_mean(0.5 * (logps - old_logps) ** 2, mask).item(),
-            "ratio": masked_mean(ratio, mask).item(),
-        }
-    return loss, stats
-
-
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               clip: float) -> tuple[torch.Tensor, dict]:
-    """½ max((V − R)², (V_clipped − R)²), masked mean; V_clipped stays within ±clip of the rollout values."""
-    v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
-    loss = 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (v_clipped - returns) ** 2), mask)
-    with torch.no_grad():
-        stats = {"vf_clipfrac": masked_mean(((v_clipped - returns) ** 2 > (values - returns) ** 2).float(),
-                                            mask).item()}
-    return loss, stats
+from trainers.losses.ppo import compute_gae, kl_shaped_rewards, policy_loss, value_loss
+from trainers.models import check_same_tokenizer, load_tokenizer
+from trainers.policy import load_policy
+from trainers.preference import (
+    EncodedGroup,
+    collate,
+    encode_prompt_completion,
+    pad_id_of,
+    read_prompts,
+    render_completion,
+    render_prompt,
+)
+from trainers.protocol import Stage, TrainResult
+from trainers.rewards import load_reward_fn, load_reward_model, new_reward_model, reward_scores, scalar_head
 
 
 class RunningMoments:
@@ -125,13 +92,9 @@ class ActorCritic(torch.nn.Module):
         self.critic = critic
 
 
-def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over attended tokens only (so left padding does not shift them)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def actor_forward(actor, input_ids, attention_mask):
-    return actor(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask),
-                 use_cache=False).logits
 
 
 def action_logprobs(actor, input_ids, attention_mask, action_mask, with_entropy: bool = False):
@@ -140,7 +103,7 @@ def action_logprobs(actor, input_ids, attention_mask, action_mask, with_entropy:
     The vocabulary projection runs only at the positions that predict an action token, so no [N, T, V] logits
     tensor is ever built (the output head must be a plain linear layer)."""
     hidden = actor.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=_position_ids(attention_mask), use_cache=False).last_hidden_state
+                              position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
     sel = action_mask.bool()
     logits = actor.get_output_embeddings()(hidden[:, :-1][sel])
     lp = gather_logprobs(logits, input_ids[:, 1:][sel])
@@ -154,37 +117,26 @@ def action_logprobs(actor, input_ids, attention_mask, action_mask, with_entropy:
 
 
 def critic_forward(critic, input_ids, attention_mask) -> torch.Tensor:
-    from trainers.rm import scalar_head
-
+    """V(s_t) at every position [N, T]: the critic's scalar head on each hidden state."""
     hidden = critic.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                               position_ids=_position_ids(attention_mask), use_cache=False).last_hidden_state
+                               position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
     return scalar_head(critic)(hidden).squeeze(-1).float()
 
 
-def load_reward_fn(spec: str | Callable) -> Callable:
-    """'module:function' (or a callable): f(prompts, completions, rows) -> list[float]."""
-    if callable(spec):
-        return spec
-    if ":" not in spec:
-        raise FlanmixError(f"reward function {spec!r} is not 'module:function'", field="reward_fn")
-    mod, fn = spec.split(":", 1)
+def call_reward_fn(fn: Callable, prompts: list[str], completions: list[str], rows: list[dict]) -> torch.Tensor:
+    """Scores from a reward function f(prompts, completions[, rows])."""
     try:
-        return getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as err:
-        raise FlanmixError(f"cannot import reward function {spec!r}: {err}", field="reward_fn") from None
-
-
-def check_same_tokenizer(policy_tok, rm_tok, rm_path: Any = None) -> None:
-    """A reward model must read the policy's token ids: the vocabularies (and EOS) must be identical."""
-    if policy_tok.get_vocab() != rm_tok.get_vocab() or policy_tok.eos_token_id != rm_tok.eos_token_id:
-        raise FlanmixError("the reward model's tokenizer differs from the policy's", file=rm_path,
-                           field="tokenizer", expected="the same vocabulary and EOS as the policy")
+        n_params = len(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        n_params = 3
+    out = fn(prompts, completions, rows) if n_params >= 3 else fn(prompts, completions)
+    return torch.tensor([float(x) for x in out], dtype=torch.float32)
 
 
 # -------------------------------------------------------------------------------------------------------- stage
 
-class PPOStage:
-    """Stage protocol object for `trainers.loop.train` (see trainers/loop.py)."""
+class PPOStage(Stage):
+    """The PPO stage (see trainers.protocol): it makes its own micro-batches from rollouts (`batches`)."""
 
     name = "ppo"
 
@@ -196,8 +148,6 @@ class PPOStage:
                  reward_norm: bool = False, missing_eos_penalty: float | None = None,
                  ptx_data: Sequence[tuple[list[int], list[int]]] | None = None, ptx_coef: float = 0.0,
                  max_prompt_length: int = 64, seed: int = 0):
-        from trainers.preference import pad_id_of
-
         if reward_model is None and reward_fn is None:
             raise FlanmixError("PPO needs a reward model or a reward function", field="reward")
         if not prompts:
@@ -231,7 +181,9 @@ class PPOStage:
         self.pos = 0
         self.ptx_pos = 0
         self.history: list[dict] = []  # per-rollout stats (reward, kl, ...) — handy for tests and reports
-        self._prompt_ids = [self._encode_prompt(p) for p in self.prompts]
+        bos = adds_bos(tokenizer)
+        self.prompt_ids = [prompt_ids(tokenizer, render_prompt(tokenizer, p["prompt"]), bos=bos)[-max_prompt_length:]
+                           for p in self.prompts]
 
     # -- protocol --------------------------------------------------------------------------------------------
     def setup(self, ctx) -> None:
@@ -300,7 +252,7 @@ class PPOStage:
     @torch.no_grad()
     def evaluate(self, ctx=None, n: int = 64) -> dict:
         """Mean raw reward and KL (nats/sequence) of fresh samples for the first n prompts, with a fixed seed
-        and the global RNG left untouched (so evaluating does not change the training run)."""
+        and the global CPU RNG left untouched (so evaluating does not change a CPU training run)."""
         actor = ctx.unwrapped.actor if ctx is not None else self.model.actor
         critic = ctx.unwrapped.critic if ctx is not None else self.model.critic
         device = ctx.device if ctx is not None else torch.device("cpu")
@@ -322,12 +274,6 @@ class PPOStage:
         model.critic.save_pretrained(out_dir / "critic")
 
     # -- rollout ---------------------------------------------------------------------------------------------
-    def _encode_prompt(self, row: dict) -> list[int]:
-        from trainers.preference import render_prompt
-
-        ids = self.tokenizer(render_prompt(self.tokenizer, row["prompt"]), add_special_tokens=True)["input_ids"]
-        return ids[-self.max_prompt_length:]
-
     def _minibatch_order(self) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rollout_idx)
         order = []
@@ -337,41 +283,17 @@ class PPOStage:
         return order
 
     def _ptx_batch(self) -> dict:
-        from trainers.preference import EncodedGroup, collate
-
         rows = [self.ptx_data[(self.ptx_pos + i) % len(self.ptx_data)] for i in range(self.mini_batch_size)]
         self.ptx_pos += self.mini_batch_size
         b = collate([EncodedGroup(p, [c], [0.0]) for p, c in rows], self.pad_id)
         return {"ptx_input_ids": b["input_ids"], "ptx_attention_mask": b["attention_mask"],
                 "ptx_loss_mask": b["loss_mask"]}
 
-    def _score(self, seqs: torch.Tensor, attn: torch.Tensor, rows: list[dict], prompts: list[str],
-               completions: list[str]) -> torch.Tensor:
-        if self.reward_model is not None:
-            from trainers.rm import reward_scores
-
-            with torch.no_grad():
-                return reward_scores(self.reward_model, seqs, attn).float().cpu()
-        fn = self.reward_fn
-        try:
-            n_params = len(inspect.signature(fn).parameters)
-        except (TypeError, ValueError):
-            n_params = 3
-        out = fn(prompts, completions, rows) if n_params >= 3 else fn(prompts, completions)
-        return torch.tensor([float(x) for x in out], dtype=torch.float32)
-
-    @torch.no_grad()
-    def rollout(self, actor, critic, device) -> dict:
-        """Sample, score and advantage one batch of prompts; returns right-padded tensors."""
-        n = len(self.prompts)
-        start = (self.rollout_idx * self.rollout_batch_size) % n
-        sel = [(start + i) % n for i in range(self.rollout_batch_size)]
-        self.rollout_idx += 1
-        rows = [self.prompts[i] for i in sel]
-        p_ids = [self._prompt_ids[i] for i in sel]
+    def _sample(self, actor, device, p_ids: list[list[int]]) -> tuple[list[list[int]], list[bool]]:
+        """One sampled completion per prompt: tokens up to and including the first EOS, and whether it had one."""
         P = max(len(p) for p in p_ids)
-        left = torch.full((len(sel), P), self.pad_id, dtype=torch.long)
-        left_mask = torch.zeros((len(sel), P), dtype=torch.long)
+        left = torch.full((len(p_ids), P), self.pad_id, dtype=torch.long)
+        left_mask = torch.zeros((len(p_ids), P), dtype=torch.long)
         for i, p in enumerate(p_ids):
             left[i, P - len(p):] = torch.tensor(p)
             left_mask[i, P - len(p):] = 1
@@ -381,49 +303,66 @@ class PPOStage:
                              top_k=0, top_p=1.0, temperature=self.temperature, max_new_tokens=self.max_new_tokens,
                              pad_token_id=self.pad_id, eos_token_id=self.eos_id).cpu()
         actor.train(was)
-        resp = gen[:, P:]
-        # completion = tokens up to and including the first EOS (found by position: pad may equal EOS)
         responses, has_eos = [], []
-        for row in resp.tolist():
+        for row in gen[:, P:].tolist():  # EOS found by position: pad may equal EOS
             cut = row.index(self.eos_id) + 1 if self.eos_id in row else len(row)
             responses.append(row[:cut] if cut > 0 else row[:1])
             has_eos.append(self.eos_id in row)
-        # re-pack right-padded: prompt (unpadded) + response
+        return responses, has_eos
+
+    def _pack(self, p_ids: list[list[int]], responses: list[list[int]]):
+        """Right-padded prompt + response: ids, attention mask, and the action mask aligned with logits[:, :-1]."""
         seqs = [p + r for p, r in zip(p_ids, responses)]
         T = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), T), self.pad_id, dtype=torch.long)
         attn = torch.zeros((len(seqs), T), dtype=torch.long)
-        amask = torch.zeros((len(seqs), T - 1), dtype=torch.float32)  # aligned with logits[:, :-1]
+        amask = torch.zeros((len(seqs), T - 1), dtype=torch.float32)
         for i, (p, s) in enumerate(zip(p_ids, seqs)):
             ids[i, : len(s)] = torch.tensor(s)
             attn[i, : len(s)] = 1
             amask[i, len(p) - 1: len(s) - 1] = 1
-        ids_d, attn_d = ids.to(device), attn.to(device)
-        amask_d = amask.to(device)
-        old_logps = action_logprobs(actor, ids_d, attn_d, amask_d).cpu()
-        ref_logps = action_logprobs(self.ref_model, ids_d, attn_d, amask_d).cpu()
-        values = critic_forward(critic, ids_d, attn_d)[:, :-1].cpu()
-        prompts_text = [self.tokenizer.decode(p, skip_special_tokens=True) for p in p_ids]
-        completions = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-        raw = self._score(ids_d, attn_d, rows, prompts_text, completions)
+        return ids, attn, amask
+
+    def _score(self, ids: torch.Tensor, attn: torch.Tensor, rows: list[dict], p_ids: list[list[int]],
+               responses: list[list[int]], has_eos: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw reward, shaped score): the reward model or function, then the EOS penalty and normalisation."""
+        if self.reward_model is not None:
+            raw = reward_scores(self.reward_model, ids, attn).float().cpu()
+        else:
+            prompts_text = [self.tokenizer.decode(p, skip_special_tokens=True) for p in p_ids]
+            completions = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+            raw = call_reward_fn(self.reward_fn, prompts_text, completions, rows)
         score = raw.clone()
-        eos_t = torch.tensor(has_eos)
         if self.missing_eos_penalty is not None:
-            score = score - self.missing_eos_penalty * (~eos_t).float()
+            score = score - self.missing_eos_penalty * (~torch.tensor(has_eos)).float()
         if self.reward_norm:
             self.moments.update(score)
             score = (score - self.moments.mean) / self.moments.std
-        old_logps, ref_logps, values = old_logps * amask, ref_logps * amask, values * amask
-        kl = (old_logps - ref_logps) * amask
-        rewards = -self.kl_coef * kl
-        last = (amask * torch.arange(T - 1)).argmax(-1)
-        rewards[torch.arange(len(seqs)), last] += score
+        return raw, score
+
+    @torch.no_grad()
+    def rollout(self, actor, critic, device) -> dict:
+        """Sample, score and advantage one batch of prompts; returns right-padded tensors."""
+        n = len(self.prompts)
+        start = (self.rollout_idx * self.rollout_batch_size) % n
+        sel = [(start + i) % n for i in range(self.rollout_batch_size)]
+        self.rollout_idx += 1
+        rows = [self.prompts[i] for i in sel]
+        p_ids = [self.prompt_ids[i] for i in sel]
+        responses, has_eos = self._sample(actor, device, p_ids)
+        ids, attn, amask = self._pack(p_ids, responses)
+        ids_d, attn_d, amask_d = ids.to(device), attn.to(device), amask.to(device)
+        old_logps = action_logprobs(actor, ids_d, attn_d, amask_d).cpu() * amask
+        ref_logps = action_logprobs(self.ref_model, ids_d, attn_d, amask_d).cpu() * amask
+        values = critic_forward(critic, ids_d, attn_d)[:, :-1].cpu() * amask
+        raw, score = self._score(ids_d, attn_d, rows, p_ids, responses, has_eos)
+        rewards, kl = kl_shaped_rewards(old_logps, ref_logps, score, amask, self.kl_coef)
         adv, returns = compute_gae(rewards, values, amask, self.gamma, self.lam)
         if self.whiten_advantages:
             adv = masked_whiten(adv, amask) * amask
         stats = {"rollout": self.rollout_idx, "reward": raw.mean().item(), "score": score.mean().item(),
                  "kl": kl.sum(-1).mean().item(), "length": amask.sum(-1).mean().item(),
-                 "eos_rate": eos_t.float().mean().item()}
+                 "eos_rate": torch.tensor(has_eos).float().mean().item()}
         self.history.append(stats)
         return {"input_ids": ids, "attention_mask": attn, "action_mask": amask, "old_logps": old_logps,
                 "old_values": values, "advantages": adv, "returns": returns, "ref_logps": ref_logps}
@@ -431,30 +370,16 @@ class PPOStage:
 
 # ------------------------------------------------------------------------------------------------- building it
 
-def read_prompts(path: str | Path) -> list[dict]:
-    """Prompt rows from a JSONL/JSON file: any row with ``prompt`` (or ``inputs`` / ``messages``) — preference
-    files and rendered examples work as they are; other fields (e.g. ``answer``) reach the reward function."""
-    from flanmix.preferences import read_rows
-
-    out = []
-    for row, where in read_rows(path):
-        prompt = row.get("prompt", row.get("messages", row.get("inputs")))
-        if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
-            raise FlanmixError("row has no prompt", file=where, field="prompt")
-        out.append({**row, "prompt": prompt})
-    return out
-
-
 class PPOConfig(LoopSettings):
     """`flanmix train ppo --config ppo.yaml`: loop settings plus these. max_steps (optimizer steps) is required;
     one rollout gives ppo_epochs * rollout_batch_size / (mini_batch_size * grad_accum) steps."""
 
-    model: str                                   # the actor's start (usually the SFT output)
-    reference: Optional[str] = None              # default: a frozen copy of the initial actor
-    critic: Optional[str] = None                 # default: the reward model, else the actor's folder (new head)
-    reward_model: Optional[str] = None           # a reward-model folder (the rm stage's output) ...
-    reward_fn: Optional[str] = None              # ... or 'module:function'(prompts, completions, rows) -> scores
-    data: str                                    # prompt rows (JSONL with prompt / inputs / messages)
+    model: str                          # the actor's start (usually the SFT output)
+    reference: str | None = None        # default: a frozen copy of the initial actor
+    critic: str | None = None           # default: the reward model, else the actor's folder (new head)
+    reward_model: str | None = None     # a reward-model folder (the rm stage's output) ...
+    reward_fn: str | None = None        # ... or 'module:function'(prompts, completions, rows) -> scores
+    data: str                           # prompt rows (JSONL with prompt / inputs / messages)
     rollout_batch_size: int = Field(16, ge=1)
     mini_batch_size: int = Field(8, ge=1)
     ppo_epochs: int = Field(1, ge=1)
@@ -469,24 +394,36 @@ class PPOConfig(LoopSettings):
     vf_coef: float = Field(0.1, ge=0)
     whiten_advantages: bool = True
     reward_norm: bool = False
-    missing_eos_penalty: Optional[float] = None
-    ptx_data: Optional[str] = None               # pretraining/SFT rows (prompt + completion) for the ptx term
+    missing_eos_penalty: float | None = None
+    ptx_data: str | None = None         # pretraining/SFT rows (prompt + completion) for the ptx term
     ptx_coef: float = Field(0.0, ge=0)
-    max_length: int = Field(256, ge=4)           # ptx rows are cut to this
+    max_length: int = Field(256, ge=4)  # ptx rows are cut to this
     lr: float = Field(1e-5, gt=0)
 
 
-_STAGE_KEYS = ("rollout_batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens", "max_prompt_length",
-               "temperature", "kl_coef", "gamma", "lam", "clip", "value_clip", "vf_coef", "whiten_advantages",
-               "reward_norm", "missing_eos_penalty", "ptx_coef")
+STAGE_KEYS = ("rollout_batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens", "max_prompt_length",
+              "temperature", "kl_coef", "gamma", "lam", "clip", "value_clip", "vf_coef", "whiten_advantages",
+              "reward_norm", "missing_eos_penalty", "ptx_coef")
+
+
+def read_ptx(path: str | Path, tokenizer, max_length: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, completion ids) of the ptx rows, prompts cut to half of max_length from the left."""
+    out = []
+    half = max_length // 2
+    for row in read_prompts(path):
+        comp = row.get("completion", row.get("chosen", row.get("targets")))
+        if comp is None:
+            raise FlanmixError("ptx rows need a completion (or chosen / targets)", field="ptx_data")
+        p, c = encode_prompt_completion(tokenizer, render_prompt(tokenizer, row["prompt"]),
+                                        render_completion(tokenizer, row["prompt"], comp))
+        p = p[-half:]
+        out.append((p, c[: max_length - len(p)]))
+    return out
 
 
 def build_stage(cfg: PPOConfig, reward_fn: Callable | None = None, prompts: list | None = None) -> PPOStage:
     """Load actor (and reference), critic (default: the reward model, else the actor's folder with a fresh
     head), and the reward model or function."""
-    from trainers.preference import encode_prompt_completion, load_tokenizer, render_completion, render_prompt
-    from trainers.rm import load_reward_model, new_reward_model
-
     fn_spec = reward_fn if reward_fn is not None else cfg.reward_fn
     if (cfg.reward_model is None) == (fn_spec is None):
         raise FlanmixError("give exactly one of reward_model and reward_fn", field="reward_model")
@@ -497,8 +434,6 @@ def build_stage(cfg: PPOConfig, reward_fn: Callable | None = None, prompts: list
         check_same_tokenizer(tokenizer, load_tokenizer(cfg.reward_model), cfg.reward_model)
     fn = load_reward_fn(fn_spec) if fn_spec is not None else None
     rows = prompts if prompts is not None else read_prompts(cfg.data)
-    from trainers.dpo import load_policy
-
     torch.manual_seed(cfg.seed)
     actor = load_policy(cfg.model)
     ref = None
@@ -509,33 +444,20 @@ def build_stage(cfg: PPOConfig, reward_fn: Callable | None = None, prompts: list
     if critic_src != cfg.model:
         check_same_tokenizer(tokenizer, load_tokenizer(critic_src), critic_src)
     critic = new_reward_model(critic_src, seed=cfg.seed)
-    ptx = None
-    if cfg.ptx_data is not None:
-        ptx = []
-        half = cfg.max_length // 2
-        for row in read_prompts(cfg.ptx_data):
-            comp = row.get("completion", row.get("chosen", row.get("targets")))
-            if comp is None:
-                raise FlanmixError("ptx rows need a completion (or chosen / targets)", field="ptx_data")
-            p, c = encode_prompt_completion(tokenizer, render_prompt(tokenizer, row["prompt"]),
-                                            render_completion(tokenizer, row["prompt"], comp))
-            p = p[-half:]
-            ptx.append((p, c[: cfg.max_length - len(p)]))
-    kwargs = {k: getattr(cfg, k) for k in _STAGE_KEYS}
+    ptx = read_ptx(cfg.ptx_data, tokenizer, cfg.max_length) if cfg.ptx_data is not None else None
+    kwargs = {k: getattr(cfg, k) for k in STAGE_KEYS}
     return PPOStage(actor, critic, tokenizer, rows, reward_model=rm, reward_fn=fn, ref_model=ref, ptx_data=ptx,
                     seed=cfg.seed, **kwargs)
 
 
-def train(config: PPOConfig | dict | str | Path, reward_fn: Callable | None = None, **overrides: Any):
-    """Run PPO; returns the loop's TrainResult (actor in <output_dir>/final, critic in final/critic)."""
-    from trainers import loop
-    from trainers.preference import parse_config, write_run_info
-
-    cfg = parse_config(config, overrides, PPOConfig)
+def train(config: PPOConfig | dict | str | Path, reward_fn: Callable | None = None, **overrides: Any) -> TrainResult:
+    """Run PPO; returns the loop's TrainResult (actor in <output_dir>/final, critic in final/critic) with the
+    per-rollout statistics as `result.rollouts`."""
+    cfg = parse_config(config, PPOConfig, overrides)
     if cfg.max_steps is None:
         raise FlanmixError("ppo needs max_steps (optimizer steps)", field="max_steps")
     stage = build_stage(cfg, reward_fn=reward_fn)
     write_run_info(cfg, "ppo", {"prompts": len(stage.prompts)})
-    result = loop.train(stage, cfg.loop_config())
+    result = loop.train(stage, cfg)
     result.rollouts = stage.history  # type: ignore[attr-defined]
     return result

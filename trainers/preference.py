@@ -1,26 +1,28 @@
-"""Preference batches for the RM, DPO and RRHF stages: tokenization of `Group`s, collation (padded and
+"""Preference batches for the RM, DPO, RRHF (and PPO) stages: tokenization of `Group`s, collation (padded and
 prefix-shared) and the shared stage data plumbing. The data itself (rows, importers, files) is
 `flanmix.preferences`.
 
-Tokenization: the prompt and prompt+completion are tokenized the same way and the prompt tokens must be a prefix
-of the joint tokens (otherwise the completion is tokenized on its own and appended); EOS is appended to every
-completion and counted in the loss mask. Collated batches are right-padded; see `collate`.
+Tokenization follows the one rule of `trainers.data.prompt_completion_ids`: the prompt is tokenized as inference
+sees it, each completion on its own, then EOS (counted in the loss mask); so a (prompt, completion) pair gets the
+same ids here as in SFT. Collated batches are right-padded; see `collate`.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+
+import torch
 
 from flanmix.core.errors import FlanmixError
-from flanmix.preferences import Group, load_preferences, split_groups
-
-Text = str | list  # a string, or a list of chat messages
-
+from flanmix.preferences import Group, load_preferences, read_rows, split_groups
+from trainers.data import adds_bos, completion_ids, prompt_completion_ids, prompt_ids
+from trainers.protocol import Stage
 
 # ------------------------------------------------------------------------------------------------ tokenization
+
 
 def _fallback_chat(messages: list, add_generation_prompt: bool) -> str:
     text = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages)
@@ -57,158 +59,116 @@ def render_completion(tokenizer, prompt: Any, response: Any) -> str:
                    for i, m in enumerate(response))
 
 
-def encode_prompt_completion(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
-    """(prompt_ids, completion_ids + [eos]).
-
-    The joint text is tokenized once and the prompt tokens must be its prefix, so the boundary is exactly where
-    the model will see it at generation time; otherwise (a merge across the boundary) the completion is tokenized
-    on its own and appended.
-    """
-    p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    full = tokenizer(prompt + completion, add_special_tokens=True)["input_ids"]
-    eos = tokenizer.eos_token_id
-    if full[: len(p)] == p:
-        c = full[len(p):]
-    else:
-        c = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    if eos is not None and c and c[-1] == eos:
-        c = c[:-1]
-    if not c:
+def check_completion(ids: list[int]) -> list[int]:
+    """`ids` (completion + EOS), or FlanmixError when the completion itself has no tokens."""
+    if len(ids) < 2:
         raise FlanmixError("the completion tokenizes to nothing", field="completion", expected="non-empty text")
-    if eos is not None:
-        c = c + [eos]
-    return p, c
+    return ids
+
+
+def encode_prompt_completion(tokenizer, prompt: str, completion: str, *, bos: bool | None = None
+                             ) -> tuple[list[int], list[int]]:
+    """(prompt_ids, completion_ids + [eos]) by the shared rule (`trainers.data.prompt_completion_ids`)."""
+    p, c = prompt_completion_ids(tokenizer, prompt, completion, bos=bos)
+    return p, check_completion(c)
 
 
 @dataclass
 class EncodedGroup:
+    """A tokenized `Group`: the prompt's ids and each response's ids (EOS included), with the scores."""
+
     prompt_ids: list[int]
     responses_ids: list[list[int]]
     scores: list[float]
     margin: float | None = None
     ref_logps: list[float] | None = None  # precomputed reference log-probs, one per response
-    extra: dict = field(default_factory=dict)
 
     def pairs(self) -> list[tuple[int, int]]:
         k = len(self.responses_ids)
         return [(i, j) for i in range(k) for j in range(k) if self.scores[i] > self.scores[j]]
 
 
-def encode_group(tokenizer, group: Group, max_length: int) -> EncodedGroup:
+def encode_group(tokenizer, group: Group, max_length: int, *, bos: bool | None = None) -> EncodedGroup:
     """Tokenize one group; the prompt is cut from the left and completions from the right to fit max_length."""
-    prompt = render_prompt(tokenizer, group.prompt)
-    encs = [encode_prompt_completion(tokenizer, prompt, render_completion(tokenizer, group.prompt, r))
-            for r in group.responses]
-    prompt_ids = encs[0][0]
-    # All responses share the prompt tokens (the prefix check may have fallen back for some).
-    comps = [e[1] if e[0] == prompt_ids else tokenizer(render_completion(tokenizer, group.prompt, r),
-                                                        add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-             for e, r in zip(encs, group.responses)]
+    prompt = prompt_ids(tokenizer, render_prompt(tokenizer, group.prompt), bos=bos)
+    comps = [check_completion(completion_ids(tokenizer, render_completion(tokenizer, group.prompt, r)))
+             for r in group.responses]
     longest = max(len(c) for c in comps)
-    if len(prompt_ids) + longest > max_length:
+    if len(prompt) + longest > max_length:
         keep = max(max_length - longest, max_length // 2)
-        prompt_ids = prompt_ids[-keep:] if keep > 0 else []
-        comps = [c[: max_length - len(prompt_ids)] for c in comps]
-    return EncodedGroup(prompt_ids, comps, list(group.scores), group.margin)
+        prompt = prompt[-keep:] if keep > 0 else []
+        comps = [c[: max_length - len(prompt)] for c in comps]
+    return EncodedGroup(prompt, comps, list(group.scores), group.margin)
 
 
 def encode_groups(tokenizer, groups: Sequence[Group], max_length: int) -> list[EncodedGroup]:
+    """Tokenize groups (see `encode_group`); an error names the group's file and line."""
+    bos = adds_bos(tokenizer)
     out = []
     for g in groups:
         try:
-            out.append(encode_group(tokenizer, g, max_length))
+            out.append(encode_group(tokenizer, g, max_length, bos=bos))
         except FlanmixError as err:
             raise err.with_context(file=g.source) from None
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- collation
+
+
+def sequence_order(groups: Sequence[EncodedGroup]) -> list[tuple[int, int]]:
+    """(group, response) of each sequence of a batch, response-major: response 0 of every group, then 1, ..."""
+    kmax = max(len(g.responses_ids) for g in groups)
+    return [(gi, r) for r in range(kmax) for gi, g in enumerate(groups) if r < len(g.responses_ids)]
+
+
+def collate_meta(groups: Sequence[EncodedGroup], order: Sequence[tuple[int, int]]) -> dict:
+    """The per-sequence / per-pair tensors shared by `collate` and `collate_shared`."""
+    pos = {gr: n for n, gr in enumerate(order)}
+    pc, pr, pg, pm = [], [], [], []
+    for gi, g in enumerate(groups):
+        for i, j in g.pairs():
+            pc.append(pos[(gi, i)])
+            pr.append(pos[(gi, j)])
+            pg.append(gi)
+            pm.append(g.margin if g.margin is not None else 0.0)
+    out = {
+        "group": torch.tensor([gi for gi, _ in order], dtype=torch.long),
+        "scores": torch.tensor([groups[gi].scores[r] for gi, r in order], dtype=torch.float32),
+        "response_lengths": torch.tensor([len(groups[gi].responses_ids[r]) for gi, r in order], dtype=torch.long),
+        "pair_chosen": torch.tensor(pc, dtype=torch.long),
+        "pair_rejected": torch.tensor(pr, dtype=torch.long),
+        "pair_group": torch.tensor(pg, dtype=torch.long),
+        "pair_margin": torch.tensor(pm, dtype=torch.float32),
+    }
+    if all(g.ref_logps is not None for g in groups):
+        out["ref_logps"] = torch.tensor([groups[gi].ref_logps[r] for gi, r in order], dtype=torch.float32)
     return out
 
 
 def collate(groups: Sequence[EncodedGroup], pad_id: int) -> dict:
     """Right-padded batch of every response of every group.
 
-    Sequences are ordered response-major (response 0 of every group, then response 1, …), so a batch of pairs is
-    ``[chosen…, rejected…]``. Keys: ``input_ids, attention_mask, loss_mask [N, T]`` (loss_mask = completion + EOS),
-    ``group, scores, lengths [N]``, ``pair_chosen, pair_rejected, pair_group, pair_margin [P]`` (indices into N),
-    and ``ref_logps [N]`` when every group carries precomputed reference log-probs.
+    Sequences are ordered response-major (`sequence_order`), so a batch of pairs is ``[chosen…, rejected…]``. Keys:
+    ``input_ids, attention_mask, loss_mask [N, T]`` (loss_mask = completion + EOS), ``group, scores, lengths [N]``,
+    ``pair_chosen, pair_rejected, pair_group, pair_margin [P]`` (indices into N), and ``ref_logps [N]`` when every
+    group carries precomputed reference log-probs.
     """
-    import torch
-
-    batch = collate_meta(groups)
-    order = batch.pop("_order")
+    order = sequence_order(groups)
+    batch = collate_meta(groups, order)
     seqs = [groups[gi].prompt_ids + groups[gi].responses_ids[r] for gi, r in order]
     T = max(len(s) for s in seqs)
     N = len(seqs)
     input_ids = torch.full((N, T), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((N, T), dtype=torch.long)
     loss_mask = torch.zeros((N, T), dtype=torch.long)
-    for n, ((gi, r), s) in enumerate(zip(order, seqs)):
+    for n, ((gi, _), s) in enumerate(zip(order, seqs)):
         input_ids[n, : len(s)] = torch.tensor(s, dtype=torch.long)
         attention_mask[n, : len(s)] = 1
         loss_mask[n, len(groups[gi].prompt_ids): len(s)] = 1
     batch.update({"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask,
                   "lengths": attention_mask.sum(-1)})
     return batch
-
-
-class GroupCollator:
-    """Callable collator for a DataLoader over EncodedGroups."""
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, groups: Sequence[EncodedGroup]) -> dict:
-        return collate(groups, self.pad_id)
-
-
-def pad_id_of(tokenizer) -> int:
-    pid = tokenizer.pad_token_id
-    if pid is None:
-        pid = tokenizer.eos_token_id
-    if pid is None:
-        raise FlanmixError("the tokenizer has neither a pad nor an EOS token", field="tokenizer")
-    return pid
-
-
-
-def load_tokenizer(path: str | Path):
-    """Tokenizer of a local model folder, with a pad token (EOS when it has none); see trainers.models."""
-    from trainers.models import load_tokenizer as _load
-
-    return _load(path)
-
-
-def load_split(data: Any, eval_data: Any, eval_fraction: float, seed: int) -> tuple[list[Group], list[Group]]:
-    """(train, held-out) groups: `eval_data` when given, else a seeded fraction of `data`."""
-    groups = data if isinstance(data, list) else load_preferences(data)
-    if eval_data is not None:
-        return groups, (eval_data if isinstance(eval_data, list) else load_preferences(eval_data))
-    return split_groups(groups, eval_fraction, seed)
-
-
-# ------------------------------------------------------------------------------------------- stage plumbing
-
-def parse_config(config: Any, overrides: dict, cls):
-    """A stage config from a YAML path, a mapping or a config object, with keyword overrides on top."""
-    from trainers.config import load_config, validate
-
-    if isinstance(config, (str, Path)):
-        cfg = load_config(config, cls)
-        if overrides:
-            cfg = validate({**cfg.model_dump(exclude_unset=True), **overrides}, cls, source=config)
-        return cfg
-    data = config.model_dump(exclude_unset=True) if isinstance(config, cls) else dict(config)
-    return validate({**data, **overrides}, cls)
-
-
-def write_run_info(cfg, name: str, extra: dict | None = None) -> None:
-    """`<output_dir>/<name>_config.json`: the resolved config (and any extra facts) of a run."""
-    import os
-
-    if os.environ.get("RANK", "0") != "0":
-        return
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    info = {**cfg.model_dump(), **(extra or {})}
-    (out / f"{name}_config.json").write_text(json.dumps(info, indent=1, default=str))
 
 
 def collate_shared(groups: Sequence[EncodedGroup], pad_id: int, dtype=None) -> dict:
@@ -222,11 +182,9 @@ def collate_shared(groups: Sequence[EncodedGroup], pad_id: int, dtype=None) -> d
     (row, src) predict input_ids[row, tgt] of sequence tok_seq) and the last token of each sequence as
     ``last_row, last_pos``.
     """
-    import torch
-
     dtype = dtype or torch.float32
-    base = collate_meta(groups)
-    order = base.pop("_order")
+    order = sequence_order(groups)
+    base = collate_meta(groups, order)
     pos_of = {gr: n for n, gr in enumerate(order)}
     G = len(groups)
     L = max(len(g.prompt_ids) + sum(len(r) for r in g.responses_ids) for g in groups)
@@ -274,57 +232,53 @@ def collate_shared(groups: Sequence[EncodedGroup], pad_id: int, dtype=None) -> d
     return base
 
 
-def collate_meta(groups: Sequence[EncodedGroup]) -> dict:
-    """The sequence order and the per-sequence / per-pair tensors shared by `collate` and `collate_shared`."""
-    import torch
+def pad_id_of(tokenizer) -> int:
+    """The pad id of a tokenizer (EOS when it has no pad token)."""
+    pid = tokenizer.pad_token_id
+    if pid is None:
+        pid = tokenizer.eos_token_id
+    if pid is None:
+        raise FlanmixError("the tokenizer has neither a pad nor an EOS token", field="tokenizer")
+    return pid
 
-    order: list[tuple[int, int]] = []
-    kmax = max(len(g.responses_ids) for g in groups)
-    for r in range(kmax):
-        for gi, g in enumerate(groups):
-            if r < len(g.responses_ids):
-                order.append((gi, r))
-    pos = {gr: n for n, gr in enumerate(order)}
-    pc, pr, pg, pm = [], [], [], []
-    for gi, g in enumerate(groups):
-        for i, j in g.pairs():
-            pc.append(pos[(gi, i)])
-            pr.append(pos[(gi, j)])
-            pg.append(gi)
-            pm.append(g.margin if g.margin is not None else 0.0)
-    out = {
-        "_order": order,
-        "group": torch.tensor([gi for gi, _ in order], dtype=torch.long),
-        "scores": torch.tensor([groups[gi].scores[r] for gi, r in order], dtype=torch.float32),
-        "response_lengths": torch.tensor([len(groups[gi].responses_ids[r]) for gi, r in order], dtype=torch.long),
-        "pair_chosen": torch.tensor(pc, dtype=torch.long),
-        "pair_rejected": torch.tensor(pr, dtype=torch.long),
-        "pair_group": torch.tensor(pg, dtype=torch.long),
-        "pair_margin": torch.tensor(pm, dtype=torch.float32),
-    }
-    if all(g.ref_logps is not None for g in groups):
-        out["ref_logps"] = torch.tensor([groups[gi].ref_logps[r] for gi, r in order], dtype=torch.float32)
+
+# ------------------------------------------------------------------------------------------- stage plumbing
+
+
+def load_split(data: Any, eval_data: Any, eval_fraction: float, seed: int) -> tuple[list[Group], list[Group]]:
+    """(train, held-out) groups: `eval_data` when given, else a seeded fraction of `data`."""
+    groups = data if isinstance(data, list) else load_preferences(data)
+    if eval_data is not None:
+        return groups, (eval_data if isinstance(eval_data, list) else load_preferences(eval_data))
+    return split_groups(groups, eval_fraction, seed)
+
+
+def read_prompts(path: str | Path) -> list[dict]:
+    """Prompt rows from a JSONL/JSON file: any row with ``prompt`` (or ``inputs`` / ``messages``) — preference
+    files and rendered examples work as they are; other fields (e.g. ``answer``) reach the reward function."""
+    out = []
+    for row, where in read_rows(path):
+        prompt = row.get("prompt", row.get("messages", row.get("inputs")))
+        if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
+            raise FlanmixError("row has no prompt", file=where, field="prompt")
+        out.append({**row, "prompt": prompt})
     return out
 
 
-def is_shared(batch: dict) -> bool:
-    return "tok_row" in batch
+class GroupDataStage(Stage):
+    """What the RM, DPO and RRHF stages share: train/held-out groups (`train_groups`, `eval_groups`) and
+    collation, with prompt sharing (`prefix_sharing`) or padded pairs, using the stage's `pad_id`."""
 
-
-class GroupDataStage:
-    """What the RM, DPO and RRHF stages share: train/held-out groups (`_train`, `_eval`) and collation, with
-    prompt sharing (`prefix_sharing`) or padded pairs, using the stage's `pad_id`."""
-
-    _train: Sequence[EncodedGroup]
-    _eval: Sequence[EncodedGroup] | None
+    train_groups: Sequence[EncodedGroup]
+    eval_groups: Sequence[EncodedGroup] | None
     prefix_sharing: bool
     pad_id: int
 
     def train_dataset(self):
-        return self._train
+        return self.train_groups
 
     def eval_dataset(self):
-        return self._eval
+        return self.eval_groups
 
     def collate(self, rows):
         return (collate_shared if self.prefix_sharing else collate)(rows, self.pad_id)

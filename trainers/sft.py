@@ -14,35 +14,36 @@ from __future__ import annotations
 import inspect
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
-from flanmix.core.errors import FlanmixError
+from flanmix.core.atomic import write_text
 from trainers import loop
-from trainers.config import LoopSettings, load_config, validate
+from trainers.config import LoopSettings, is_main_process, parse_config, write_run_info
 from trainers.data import IGNORE, read_rows, tokenize_rows
+from trainers.losses.sft import completion_nll
 from trainers.models import load_model_and_tokenizer
 from trainers.packing import collate_packed, collate_padded, pack_greedy
+from trainers.protocol import Stage, TrainResult
 
 
 class SFTConfig(LoopSettings):
     """`flanmix train sft --config sft.yaml`: the loop settings plus these."""
 
-    model: str                                   # local model folder (init-model output or any transformers folder)
-    tokenizer: Optional[str] = None              # default: the model folder
-    data: str                                    # mixture folder, .parquet or .jsonl
-    eval_data: Optional[str] = None
-    max_rows: Optional[int] = Field(None, ge=1)  # use only the first N rows (quick runs)
+    model: str                                # local model folder (init-model output or any transformers folder)
+    tokenizer: str | None = None              # default: the model folder
+    data: str                                 # mixture folder, .parquet or .jsonl
+    eval_data: str | None = None
+    max_rows: int | None = Field(None, ge=1)  # use only the first N rows (quick runs)
     max_length: int = Field(512, ge=2)
     truncation: Literal["truncate", "drop"] = "truncate"
     packing: bool = False
     packing_mask: Literal["position_ids", "4d"] = "position_ids"
-    attn_implementation: Optional[str] = None    # e.g. sdpa | eager | flash_attention_2
+    attn_implementation: str | None = None    # e.g. sdpa | eager | flash_attention_2
     lr: float = Field(1e-3, gt=0)
-    group_by_length: bool = True                 # unpacked: batches of similar length, little padding
+    group_by_length: bool = True              # unpacked: batches of similar length, little padding
 
 
 def token_loss(model, batch: dict, *, select: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,13 +64,11 @@ def token_loss(model, batch: dict, *, select: bool = True) -> tuple[torch.Tensor
     else:
         logits = model(**kwargs).logits
         logits, targets = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
-    n = keep.sum()
-    loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum") / n.clamp_min(1)
-    return loss, n
+    return completion_nll(logits, targets), keep.sum()
 
 
-class SFTStage(loop.Stage):
-    """Supervised fine-tuning stage (see the protocol in trainers.loop)."""
+class SFTStage(Stage):
+    """Supervised fine-tuning stage (see trainers.protocol)."""
 
     name = "sft"
 
@@ -89,7 +88,7 @@ class SFTStage(loop.Stage):
         else:
             self.items, self.eval_items = self.train_examples, self.eval_examples
         self._lengths = [self._len(it) for it in self.items]
-        if verbose and _is_main():
+        if verbose and is_main_process():
             s = self.stats
             packed = f", packed into {len(self.items)} rows" if cfg.packing else ""
             long = f" ({s.prompt_too_long} with a prompt longer than max_length)" if s.prompt_too_long else ""
@@ -137,25 +136,11 @@ class SFTStage(loop.Stage):
         return loss, {}
 
 
-def _is_main() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
-
-
-def train(config: SFTConfig | dict | str | Path, **overrides: Any) -> loop.TrainResult:
+def train(config: SFTConfig | dict | str | Path, **overrides: Any) -> TrainResult:
     """Run SFT from a config object, a dict, or a YAML path; keyword overrides win over the file."""
-    if isinstance(config, (str, Path)):
-        cfg = load_config(config, SFTConfig)
-        if overrides:
-            cfg = validate({**cfg.model_dump(exclude_unset=True), **overrides}, SFTConfig, source=config)
-    else:
-        data = config.model_dump(exclude_unset=True) if isinstance(config, SFTConfig) else dict(config)
-        cfg = validate({**data, **overrides}, SFTConfig)
+    cfg = parse_config(config, SFTConfig, overrides)
     stage = SFTStage(cfg)
-    out = Path(cfg.output_dir)
-    if _is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "sft_config.json").write_text(json.dumps(cfg.model_dump(), indent=1, default=str))
-        (out / "data_stats.json").write_text(json.dumps(stage.stats.as_dict(), indent=1))
-    return loop.train(stage, cfg.loop_config())
+    write_run_info(cfg, "sft")
+    if is_main_process():
+        write_text(Path(cfg.output_dir) / "data_stats.json", json.dumps(stage.stats.as_dict(), indent=1))
+    return loop.train(stage, cfg)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from flanmix.core.errors import FlanmixError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -23,11 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flanmix.core.errors import FlanmixError
-    from trainers.init_model import format_params, init_model, list_sizes, read_corpus
+    from trainers.init_model import format_params, init_model, list_sizes, read_corpus  # torch: only when run
 
     if args.list_sizes:
-        print(f"{'size':<8} {'hidden':>6} {'layers':>6} {'heads':>5} {'ffn':>5} {'params':>9}  (vocab {args.vocab_size})")
+        print(f"{'size':<8} {'hidden':>6} {'layers':>6} {'heads':>5} {'ffn':>5} {'params':>9}  "
+              f"(vocab {args.vocab_size})")
         for r in list_sizes(args.vocab_size):
             print(f"{r['name']:<8} {r['hidden']:>6} {r['layers']:>6} {r['heads']:>5} {r['intermediate']:>5} "
                   f"{format_params(r['params']):>9}")

@@ -10,15 +10,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import yaml
+
+from flanmix.core.errors import FlanmixError
+from trainers.config import is_main_process
+from trainers.stages import run_stage, stage_names  # the registry is torch-free; a stage imports torch when it runs
+
+STAGES = ", ".join(stage_names())
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train one stage (sft, rm, dpo, rrhf, ppo) or run a pipeline YAML",
+        help=f"train one stage ({STAGES}) or run a pipeline YAML",
         description="Run a training stage from its YAML config (`flanmix train sft --config sft.yaml`) or a "
                     "pipeline of stages (`flanmix train pipeline.yaml`). Runs under `accelerate launch` too.",
     )
-    p.add_argument("target", help="a stage name (sft, rm, dpo, rrhf, ppo) or a pipeline .yaml file")
+    p.add_argument("target", help=f"a stage name ({STAGES}) or a pipeline .yaml file")
     p.add_argument("--config", help="the stage's YAML config (required with a stage name)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (value parsed as YAML); repeatable")
@@ -26,10 +34,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _overrides(items: list[str]) -> dict:
-    import yaml
-
-    from flanmix.core.errors import FlanmixError
-
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -40,8 +44,6 @@ def _overrides(items: list[str]) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flanmix.core.errors import FlanmixError
-
     target = args.target
     is_file = target.endswith((".yaml", ".yml")) or Path(target).is_file()
     if is_file:
@@ -49,21 +51,15 @@ def _run(args: argparse.Namespace) -> int:
             raise FlanmixError("--config/--set apply to a single stage, not to a pipeline file", field="config")
         if not Path(target).is_file():
             raise FlanmixError("pipeline file not found", file=target)
-        try:
-            from trainers.pipeline import run_pipeline
-        except ImportError as err:
-            raise FlanmixError(f"pipelines are not available: {err}") from err
+        from trainers.pipeline import run_pipeline  # torch and transformers: imported only when a run starts
+
         run_pipeline(target)
         return 0
-    from trainers.stages import run_stage, stage_names
-
     if target not in stage_names():
         raise FlanmixError(f"unknown stage {target!r}", expected=" | ".join(stage_names()) + " or a pipeline .yaml")
     if not args.config:
         raise FlanmixError(f"`flanmix train {target}` needs --config FILE", field="config")
     result = run_stage(target, args.config, **_overrides(args.set))
-    import os
-
-    if result is not None and getattr(result, "final_dir", None) and os.environ.get("RANK", "0") == "0":
+    if result is not None and getattr(result, "final_dir", None) and is_main_process():
         print(f"[{target}] done: {result.steps} steps; model in {result.final_dir}")
     return 0

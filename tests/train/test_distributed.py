@@ -12,8 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from safetensors.torch import load_file
+
+from trainers.sft import train
 
 STEPS = 3
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +28,10 @@ def setup(tmp_path_factory, tiny_model_dir):
     with data.open("w") as f:
         for _ in range(64):
             a, b = rng.randint(0, 99), rng.randint(0, 999)
-            f.write(json.dumps({"inputs": f"What is {a} + {b}?", "targets": " ".join([str(a + b)] * rng.randint(1, 4))}) + "\n")
+            targets = " ".join([str(a + b)] * rng.randint(1, 4))
+            f.write(json.dumps({"inputs": f"What is {a} + {b}?", "targets": targets}) + "\n")
     base = {"model": str(tiny_model_dir), "data": str(data), "max_steps": STEPS, "max_length": 48, "log_every": 1,
             "progress": False, "tensorboard": False, "lr": 3e-3, "warmup_steps": 1}
-    from trainers.sft import train
-
     single = train(dict(base, output_dir=str(root / "single"), batch_size=8))
     return root, base, [h["loss"] for h in single.history]
 
@@ -37,12 +40,11 @@ def _launch(root: Path, cfg: dict, name: str) -> list[float]:
     cfg = dict(cfg, output_dir=str(root / name))
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    repo = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(repo))
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
            "-m", "flanmix", "train", "sft", "--config", str(path)]
-    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(x) for x in (root / name / "metrics.jsonl").read_text().splitlines()]
     return [x["loss"] for x in lines if "loss" in x]
@@ -53,8 +55,6 @@ def _final_weights_close(a: Path, b: Path, initial: str | Path) -> None:
 
     (An absolute bound is not meaningful here: Adam divides by sqrt(v), so a gradient that is ~0 in one run and
     ~1e-9 in the other, from a different all-reduce summation order, still moves a weight by up to lr.)"""
-    from safetensors.torch import load_file
-
     wa, wb = load_file(str(a / "final" / "model.safetensors")), load_file(str(b / "final" / "model.safetensors"))
     w0 = load_file(str(Path(initial) / "model.safetensors"))
     for k in wa.keys() & wb.keys():
@@ -73,7 +73,7 @@ def test_two_processes_equal_one(setup):
 def test_deepspeed_zero2_equals_plain(setup):
     pytest.importorskip("deepspeed")
     root, base, single = setup
-    ds = str(Path(__file__).resolve().parent.parent / "configs" / "deepspeed" / "zero2.json")
+    ds = str(REPO / "configs" / "deepspeed" / "zero2.json")
     losses = _launch(root, dict(base, batch_size=4, deepspeed=ds), "zero2")
     assert losses == pytest.approx(single, abs=1e-5)
     assert (root / "zero2" / "checkpoints" / f"step-{STEPS}" / "pytorch_model").is_dir()  # a DeepSpeed checkpoint

@@ -9,12 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flanmix.preferences import preference_rows
-from trainers.dpo import DPOStage, batch_dpo_loss, dpo_loss, load_policy, preference_accuracy
-from flanmix.preferences import row_to_group
-from trainers.preference import encode_groups, load_tokenizer
-
+from flanmix.preferences import preference_rows, row_to_group
 from helpers import reverse_examples, write_prefs
+from trainers.dpo import DPOConfig, DPOStage, batch_dpo_loss, build_stage, train
+from trainers.losses.dpo import dpo_loss
+from trainers.models import load_tokenizer
+from trainers.policy import load_policy, preference_accuracy
+from trainers.preference import encode_groups
 
 
 def _groups(tok, n=16, kind="pairs"):
@@ -71,29 +72,27 @@ def test_frozen_copy_and_precomputed_reference_give_identical_numbers(tiny_model
         assert mb[k] == pytest.approx(ma[k], abs=1e-5), k
 
 
-def test_one_concatenated_forward(tiny_model_dir, monkeypatch):
+@pytest.mark.parametrize("sharing, rows", [(False, 12), (True, 6)])
+def test_one_concatenated_forward(tiny_model_dir, monkeypatch, sharing, rows):
     tok = load_tokenizer(tiny_model_dir)
     g = _groups(tok, 6)
-    for sharing, rows in ((False, 12), (True, 6)):
-        stage = DPOStage(load_policy(tiny_model_dir), tok, g, prefix_sharing=sharing)
-        calls = []
-        backbone = stage.model.base_model
-        orig = backbone.forward
-        monkeypatch.setattr(backbone, "forward", lambda *a, **k: calls.append(k["input_ids"].shape) or orig(*a, **k))
-        stage.loss(stage.model, stage.collate(g))
-        # chosen and rejected of 6 pairs in one forward: 12 rows, or 6 prompt-shared rows
-        assert len(calls) == 1 and calls[0][0] == rows
+    stage = DPOStage(load_policy(tiny_model_dir), tok, g, prefix_sharing=sharing)
+    calls = []
+    backbone = stage.model.base_model
+    orig = backbone.forward
+    monkeypatch.setattr(backbone, "forward", lambda *a, **k: calls.append(k["input_ids"].shape) or orig(*a, **k))
+    stage.loss(stage.model, stage.collate(g))
+    # chosen and rejected of 6 pairs in one forward: 12 rows, or 6 prompt-shared rows
+    assert len(calls) == 1 and calls[0][0] == rows
 
 
 def test_dpo_step0_ln2_and_learning(tmp_path, tiny_model_dir):
-    from trainers.dpo import DPOConfig, build_stage, train
-
     data = write_prefs(tmp_path / "prefs.jsonl", n=300, edits="chars")
     cfg = DPOConfig(model=str(tiny_model_dir), data=str(data), output_dir=str(tmp_path / "dpo"), max_steps=40,
                     batch_size=16, lr=3e-3, beta=0.1, max_length=64, log_every=1, progress=False,
                     tensorboard=False, eval_fraction=0.2)
     stage = build_stage(cfg)
-    before = preference_accuracy(stage.model, stage._eval, stage.pad_id)
+    before = preference_accuracy(stage.model, stage.eval_groups, stage.pad_id)
     result = train(cfg)
     steps = [r for r in result.history if "loss" in r]
     assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
@@ -111,7 +110,7 @@ def test_dpo_matches_trl(tmp_path, tiny_model_dir):
     tok = load_tokenizer(tiny_model_dir)
     rows = preference_rows(reverse_examples(8), kind="pairs", seed=0)
     model = load_policy(tiny_model_dir)
-    ref = copy.deepcopy(model)  # explicit reference: TRL's own would be reloaded from disk (see ENVIRONMENT.md)
+    ref = copy.deepcopy(model)  # explicit reference: TRL would otherwise reload its own copy from disk
     _nudge(model)
     for beta, loss_type in [(0.1, "sigmoid"), (0.5, "hinge")]:
         args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=8, max_length=64,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from flanmix.cli import main
 from flanmix.core.errors import FlanmixError
+from trainers.init_model import init_model, list_sizes
 
 
 def test_tiny_model_dir_loads_with_auto_classes(tiny_model_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
@@ -30,8 +31,6 @@ def test_tiny_model_dir_loads_with_auto_classes(tiny_model_dir):
 
 
 def test_size_ladder_spans_half_million_to_hundred_million():
-    from trainers.init_model import list_sizes
-
     rows = list_sizes()
     params = [r["params"] for r in rows]
     assert params == sorted(params)
@@ -40,8 +39,6 @@ def test_size_ladder_spans_half_million_to_hundred_million():
 
 
 def test_init_model_cli(tmp_path, capsys):
-    from flanmix.cli import main
-
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"line {i} has words like alpha and beta" for i in range(200)))
     out = tmp_path / "m"
@@ -50,21 +47,21 @@ def test_init_model_cli(tmp_path, capsys):
     assert "params" in capsys.readouterr().out
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["hidden_size"] == 64 and cfg["vocab_size"] <= 512
-    # refuses to overwrite a non-empty folder
+    # refuses to overwrite a non-empty folder, and names unknown sizes
     assert main(["init-model", "--size", "nano", "--out", str(out), "--corpus", str(corpus)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
     assert main(["init-model", "--size", "gigantic", "--out", str(tmp_path / "x"), "--corpus", str(corpus)]) == 2
+    assert "gigantic" in capsys.readouterr().err
+    assert main(["init-model", "--size", "nano"]) == 2
+    assert "--out is required" in capsys.readouterr().err
 
 
 def test_list_sizes_cli(capsys):
-    from flanmix.cli import main
-
     assert main(["init-model", "--list-sizes"]) == 0
     out = capsys.readouterr().out
     assert "large" in out and "nano" in out
 
 
 def test_bad_vocab_size(tmp_path):
-    from trainers.init_model import init_model
-
     with pytest.raises(FlanmixError, match="vocab"):
         init_model("nano", tmp_path / "m", vocab_size=10, texts=["abc"])

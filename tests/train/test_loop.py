@@ -1,15 +1,23 @@
-"""The shared training loop: schedule, accumulation, exact resume, NaN stop, stage-made batches."""
+"""The shared training loop: schedule, accumulation, exact resume, NaN stop, stage-made batches, and process-wide
+settings restored after a run."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from flanmix.core.errors import FlanmixError
-from trainers.loop import LoopConfig, Stage, checkpoints, lr_lambda, train
+from trainers.batching import IndexStream
+from trainers.checkpoint import checkpoints
+from trainers.config import LoopSettings
+from trainers.loop import train
+from trainers.optim import lr_lambda
+from trainers.protocol import Stage
 
 
 class ToyStage(Stage):
@@ -54,7 +62,7 @@ def _cfg(tmp_path, name, **kw):
     base = dict(output_dir=str(tmp_path / name), batch_size=4, grad_accum=2, max_steps=8, lr=0.05, log_every=1,
                 progress=False, tensorboard=False, warmup_steps=2, seed=3, mixed_precision="no")
     base.update(kw)
-    return LoopConfig(**base)
+    return LoopSettings(**base)
 
 
 def _losses(result):
@@ -67,7 +75,7 @@ def test_lr_schedules():
     g = lr_lambda("linear", warmup=0, total=10, min_ratio=0.0)
     assert g(5) == 0.5
     assert lr_lambda("constant", 0, 10, 0.0)(7) == 1.0
-    with pytest.raises(FlanmixError):
+    with pytest.raises(FlanmixError, match="unknown schedule 'step'"):
         lr_lambda("step", 0, 10, 0.0)
 
 
@@ -109,8 +117,6 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     out = tmp_path / "nan"
     assert [p.name for p in checkpoints(out)] == ["step-2", "step-4"]
     assert not list((out / "checkpoints").glob("*.tmp"))
-    from safetensors.torch import load_file
-
     weights = load_file(str(out / "checkpoints" / "step-4" / "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in weights.values())
 
@@ -157,8 +163,6 @@ def test_stage_made_batches_resume(tmp_path):
 
 
 def test_length_grouped_stream_is_a_seeded_permutation_with_similar_lengths():
-    from trainers.loop import IndexStream
-
     rng = torch.Generator().manual_seed(0)
     lengths = torch.randint(1, 200, (1000,), generator=rng).tolist()
     s = IndexStream(1000, seed=5, lengths=lengths, group=8)
@@ -174,10 +178,44 @@ def test_length_grouped_stream_is_a_seeded_permutation_with_similar_lengths():
     assert sum(spread) * 5 < sum(spread_plain)
 
 
-def test_threads_setting_applies_to_the_process(tmp_path):
+class SettingsStage(ToyStage):
+    """Records the torch threads it trains with and touches the environment, as accelerate and DeepSpeed do."""
+
+    def setup(self, ctx):
+        super().setup(ctx)
+        self.threads_in_run = torch.get_num_threads()
+        os.environ["FLANMIX_TEST_EXISTING"] = "changed by the run"
+        os.environ["FLANMIX_TEST_NEW"] = "set by the run"
+
+
+def test_process_settings_apply_during_the_run_and_are_restored(tmp_path, monkeypatch):
     before = torch.get_num_threads()
+    other = 2 if before == 1 else 1
+    monkeypatch.setenv("FLANMIX_TEST_EXISTING", "before")
+    monkeypatch.delenv("FLANMIX_TEST_NEW", raising=False)
+    stage = SettingsStage()
     try:
-        train(ToyStage(), _cfg(tmp_path, "threads", max_steps=2, threads=1))
-        assert torch.get_num_threads() == 1
+        train(stage, _cfg(tmp_path, "threads", max_steps=2, threads=other))
+        assert stage.threads_in_run == other
+        assert torch.get_num_threads() == before
+        assert os.environ["FLANMIX_TEST_EXISTING"] == "before" and "FLANMIX_TEST_NEW" not in os.environ
+        # also when the run fails
+        with pytest.raises(FlanmixError, match="NaN/inf"):
+            train(SettingsStage(nan_at_step=0), _cfg(tmp_path, "threads_nan", max_steps=2, threads=other))
+        assert torch.get_num_threads() == before and "FLANMIX_TEST_NEW" not in os.environ
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_stage_needs_rows_or_its_own_batches(tmp_path):
+    class NoData(Stage):
+        name = "nodata"
+
+        def __init__(self):
+            self.model = torch.nn.Linear(2, 1)
+
+        def loss(self, model, batch):
+            return model(batch["x"]).mean(), {}
+
+    with pytest.raises(NotImplementedError, match="train_dataset"):
+        train(NoData(), _cfg(tmp_path, "nodata"))

@@ -8,13 +8,13 @@ import torch.nn.functional as F
 
 from flanmix.core.errors import FlanmixError
 from trainers.data import IGNORE, check_prefix, tokenize_prompt_completion, tokenize_rows
+from trainers.models import load_causal_lm, load_tokenizer
 from trainers.packing import block_diagonal_mask, collate_packed, collate_padded, pack_greedy
+from trainers.sft import token_loss
 
 
 @pytest.fixture(scope="module")
 def tok(tiny_model_dir):
-    from trainers.models import load_tokenizer
-
     return load_tokenizer(tiny_model_dir)
 
 
@@ -39,8 +39,6 @@ def test_prompt_is_prefix_even_when_bpe_would_merge_across_boundary(tok):
 
 
 def test_eos_in_labels_when_pad_equals_eos(tiny_model_dir):
-    from trainers.models import load_tokenizer
-
     tok = load_tokenizer(tiny_model_dir)
     tok.pad_token = tok.eos_token
     ex, _ = tokenize_rows(tok, [{"prompt": "a b", "completion": " c"}], max_length=32)
@@ -92,7 +90,7 @@ def test_pack_greedy_fits_and_covers():
     assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
     assert all(sum(lengths[i] for i in r) <= 10 for r in rows)
     assert len(rows) == 5  # sum 45 -> at least 5 rows of 10
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="document 0 has 11 tokens > max_length 10"):
         pack_greedy([11], 10)
 
 
@@ -119,8 +117,6 @@ def _loss(model, batch):
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("mask", ["position_ids", "4d"])
 def test_packed_loss_equals_unpacked(tiny_model_dir, tok, attn, mask):
-    from trainers.models import load_causal_lm
-
     model = load_causal_lm(tiny_model_dir, attn_implementation=attn).eval()
     ex, _ = tokenize_rows(tok, _rows(11), max_length=64)
     rows = pack_greedy([len(e["input_ids"]) for e in ex], 40)
@@ -137,9 +133,6 @@ def test_packed_loss_equals_unpacked(tiny_model_dir, tok, attn, mask):
 
 
 def test_selective_logits_loss_matches_full(tiny_model_dir, tok):
-    from trainers.models import load_causal_lm
-    from trainers.sft import token_loss
-
     model = load_causal_lm(tiny_model_dir).eval()
     ex, _ = tokenize_rows(tok, _rows(5), max_length=64)
     batch = collate_padded(ex, tok.pad_token_id)

@@ -10,10 +10,15 @@ import pytest
 import yaml
 
 from flanmix.cli import main
+from flanmix.core.constants import STAGE_NAMES
 from flanmix.core.errors import FlanmixError
-from trainers.pipeline import plan
-
+from flanmix.preferences import load_preferences
 from helpers import write_prefs
+from trainers.config import LoopSettings
+from trainers.pipeline import plan, run_pipeline
+from trainers.rewards import load_reward_model
+from trainers.rm import train as rm_train
+from trainers.stages import POLICY_STAGES, REWARD_STAGES, stage_config, stage_module, stage_names
 
 FAST = {"progress": False, "tensorboard": False, "log_every": 1, "batch_size": 8, "max_length": 48}
 
@@ -61,8 +66,6 @@ def test_sft_rm_dpo_pipeline_runs_and_resumes(tmp_path, tiny_model_dir, inputs, 
     # rm and dpo started from the SFT model; dpo's reference is its initial policy
     assert json.loads((runs / "rm" / "rm_config.json").read_text())["model"] == str(runs / "sft" / "final")
     assert json.loads((runs / "dpo" / "dpo_config.json").read_text())["model"] == str(runs / "sft" / "final")
-    from trainers.rm import load_reward_model
-
     load_reward_model(runs / "rm" / "final")
     # the DPO stage dies after step 3: its marker, final model and the step-6 checkpoint are gone
     dpo_curve = [r["loss"] for r in map(json.loads, (runs / "dpo" / "metrics.jsonl").read_text().splitlines())
@@ -87,8 +90,6 @@ def test_sft_rm_dpo_pipeline_runs_and_resumes(tmp_path, tiny_model_dir, inputs, 
 
 
 def test_rrhf_candidates_from_sft_scored_by_rm_then_ppo(tmp_path, tiny_model_dir, inputs):
-    from trainers.pipeline import run_pipeline
-
     stages = [{"sft": {"data": str(inputs["sft"]), "max_steps": 3, "lr": 3e-3, **FAST}},
               {"rm": {"data": str(inputs["prefs"]), "max_steps": 3, **FAST}},
               {"rrhf": {"data": str(inputs["prefs"]), "max_steps": 3, "init": "sft", **FAST,
@@ -110,27 +111,46 @@ def test_rrhf_candidates_from_sft_scored_by_rm_then_ppo(tmp_path, tiny_model_dir
     assert (runs / "ppo_rm" / "final" / "critic").is_dir()
 
 
-def test_pipeline_validates_everything_before_training(tmp_path, tiny_model_dir, inputs, capsys):
-    ok = [{"sft": {"data": str(inputs["sft"]), "max_steps": 2, **FAST}}]
-    cases = [
-        (ok + [{"dpo": {"data": str(inputs["prefs"]), "bta": 0.1}}], "stages.1.dpo.bta: unknown key"),
-        (ok + [{"ppo": {"data": str(inputs["prefs"]), "max_steps": 1}}], "needs a reward_model"),
-        (ok + [{"ppo": {"data": str(inputs["prefs"]), "max_steps": 1, "reward_model": "sft"}}], "a sft stage"),
-        (ok + [{"dpo": {"data": str(inputs["prefs"]), "reference": "rm"}}], "not an earlier stage"),
-        (ok + [{"sft": {"data": str(inputs["sft"])}}], "duplicate stage name"),
-        ([{"kto": {}}], "unknown stage kind"),
-        (ok + [{"rm": {"data": str(inputs["prefs"]), "model": "x"}}], "set by the pipeline"),
-    ]
-    for stages, msg in cases:
-        pipe = _write(tmp_path, tiny_model_dir, stages)
-        capsys.readouterr()
-        assert main(["train", str(pipe)]) == 2
-        assert msg in _err(capsys), msg
-        assert not (tmp_path / "runs").exists()
-    pipe = tmp_path / "top.yaml"
-    pipe.write_text(yaml.safe_dump({"model": str(tiny_model_dir), "stages": ok, "steps": 3}))
+SFT_OK = {"sft": {"max_steps": 2, **FAST}}
+
+
+@pytest.mark.parametrize("stages, message, at", [
+    ([SFT_OK, {"dpo": {"bta": 0.1}}], "stages[1].dpo.bta: unknown key", "bta:"),
+    ([SFT_OK, {"ppo": {"max_steps": 1}}], "stages[1].ppo.reward_model: ppo needs a reward_model", None),
+    ([SFT_OK, {"ppo": {"max_steps": 1, "reward_model": "sft"}}], "names stage 'sft', a sft stage", "reward_model:"),
+    ([SFT_OK, {"dpo": {"reference": "rm"}}], "reference names 'rm', which is not an earlier stage", "reference:"),
+    ([SFT_OK, {"sft": {"name": "sft"}}], "stages[1].sft.name: duplicate stage name 'sft'", "name: sft"),
+    ([{"kto": {}}], "stages[0]: unknown stage kind 'kto'", "kto:"),
+    ([SFT_OK, {"rm": {"model": "x"}}], "stages[1].rm.model: 'model' is set by the pipeline", "model: x"),
+])
+def test_pipeline_validates_everything_before_training(tmp_path, tiny_model_dir, inputs, capsys, stages, message,
+                                                       at):
+    data = {"sft": str(inputs["sft"]), "rm": str(inputs["prefs"]), "dpo": str(inputs["prefs"]),
+            "ppo": str(inputs["prefs"])}
+    stages = [{kind: {"data": data[kind], **settings} if kind in data else settings}
+              for entry in stages for kind, settings in entry.items()]
+    pipe = _write(tmp_path, tiny_model_dir, stages)
     assert main(["train", str(pipe)]) == 2
-    assert "steps: unknown key" in _err(capsys)
+    err = _err(capsys)
+    assert err.startswith(f"flanmix: error: {pipe}:") and message in err
+    if at is not None:  # the error names the line of the offending key
+        line = int(err.split(f"{pipe}:")[1].split(":")[0])
+        assert at in pipe.read_text().splitlines()[line - 1]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_top_level_key_names_its_line(tmp_path, tiny_model_dir, capsys):
+    pipe = tmp_path / "top.yaml"
+    pipe.write_text(f"model: {tiny_model_dir}\nstages:\n  - sft: {{}}\nsteps: 3\n")
+    assert main(["train", str(pipe)]) == 2
+    assert _err(capsys) == f"flanmix: error: {pipe}:4: steps: unknown key"
+
+
+def test_stage_registry_is_the_one_list_of_stages():
+    assert stage_names() == list(STAGE_NAMES)
+    assert set(POLICY_STAGES) | set(REWARD_STAGES) == set(STAGE_NAMES)
+    for name in STAGE_NAMES:
+        assert issubclass(stage_config(name), LoopSettings) and callable(stage_module(name).train)
 
 
 def test_bad_preference_data_fails_the_stage_without_a_marker(tmp_path, tiny_model_dir, inputs, capsys):
@@ -142,8 +162,6 @@ def test_bad_preference_data_fails_the_stage_without_a_marker(tmp_path, tiny_mod
     assert main(["train", str(pipe)]) == 2
     assert "bad.jsonl:49" in _err(capsys) and not (tmp_path / "runs").exists()  # found before sft trains
     # the stage itself refuses it too (when run alone), and nothing is marked complete
-    from trainers.rm import train as rm_train
-
     with pytest.raises(FlanmixError, match="identical"):
         rm_train({"model": str(tiny_model_dir), "data": str(bad), "output_dir": str(tmp_path / "rm"),
                   "max_steps": 1})
@@ -152,8 +170,6 @@ def test_bad_preference_data_fails_the_stage_without_a_marker(tmp_path, tiny_mod
                       ({"prompt": "p", "responses": ["a", "b"], "scores": [2, 2]}, "all scores are equal")]:
         bad.write_text(json.dumps(rows) + "\n")
         with pytest.raises(FlanmixError, match=msg):
-            from flanmix.preferences import load_preferences
-
             load_preferences(bad)
 
 

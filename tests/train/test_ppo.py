@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 
 import pytest
 import torch
+import yaml
+from transformers import AutoModelForCausalLM
 
 from flanmix.cli import main
 from flanmix.core.errors import FlanmixError
-from trainers.ppo import compute_gae, policy_loss, value_loss
+from trainers.init_model import init_model
+from trainers.logprobs import token_logprobs
+from trainers.losses.ppo import compute_gae, kl_shaped_rewards, policy_loss, value_loss
+from trainers.policy import load_policy
+from trainers.ppo import PPOConfig, action_logprobs, build_stage, position_ids_from_mask, train
+from trainers.rewards import new_reward_model
+from trainers.sft import train as sft_train
 
 
 def digit_reward(prompts, completions):
@@ -40,11 +49,11 @@ def test_gae_matches_brute_force():
         r, v = rewards[i, s:e].tolist(), values[i, s:e].tolist()
         T = len(r)
         for t in range(T):
-            # A_t = sum_l (γλ)^l δ_{t+l},  δ_t = r_t + γ V_{t+1} − V_t  (V after the last action is 0)
+            # A_t = sum_k (γλ)^k δ_{t+k},  δ_t = r_t + γ V_{t+1} − V_t  (V after the last action is 0)
             a = 0.0
-            for l in range(T - t):
-                nv = v[t + l + 1] if t + l + 1 < T else 0.0
-                a += (gamma * lam) ** l * (r[t + l] + gamma * nv - v[t + l])
+            for k in range(T - t):
+                nv = v[t + k + 1] if t + k + 1 < T else 0.0
+                a += (gamma * lam) ** k * (r[t + k] + gamma * nv - v[t + k])
             assert adv[i, s + t].item() == pytest.approx(a, abs=1e-5)
             assert ret[i, s + t].item() == pytest.approx(a + v[t], abs=1e-5)
         assert adv[i, :s].abs().sum() == 0 and adv[i, e:].abs().sum() == 0
@@ -58,8 +67,6 @@ def test_policy_and_value_losses_match_brute_force():
     v, v_old, ret = (torch.randn(N, L, generator=gen) for _ in range(3))
     pl, st = policy_loss(logp, old, adv, mask, eps)
     vl, _ = value_loss(v, v_old, ret, mask, veps)
-    import math
-
     pg, vf, clipped, kl, n = 0.0, 0.0, 0, 0.0, 0
     for i in range(N):
         for t in range(L):
@@ -80,6 +87,21 @@ def test_policy_and_value_losses_match_brute_force():
     assert st["approx_kl"] == pytest.approx(kl / n, abs=1e-6)
 
 
+def test_kl_shaped_rewards_match_brute_force():
+    gen = torch.Generator().manual_seed(2)
+    N, L, beta = 4, 7, 0.3
+    mask, spans = _random_span_mask(N, L, gen)
+    old, ref = torch.randn(N, L, generator=gen) * mask, torch.randn(N, L, generator=gen) * mask
+    score = torch.randn(N, generator=gen)
+    rewards, kl = kl_shaped_rewards(old, ref, score, mask, beta)
+    for i, (s, e) in enumerate(spans):
+        for t in range(L):
+            k = float(old[i, t] - ref[i, t]) if s <= t < e else 0.0
+            expected = -beta * k + (float(score[i]) if t == e - 1 else 0.0)  # the score lands on the last action
+            assert kl[i, t].item() == pytest.approx(k, abs=1e-6)
+            assert rewards[i, t].item() == pytest.approx(expected, abs=1e-6)
+
+
 def _prompts(path, n=32):
     path.write_text("".join(json.dumps({"prompt": f"Question: What is {a} + {a + 3}?\nAnswer:"}) + "\n"
                             for a in range(n)))
@@ -89,8 +111,6 @@ def _prompts(path, n=32):
 @pytest.fixture(scope="module")
 def warm_policy(tmp_path_factory, tiny_model_dir):
     """The tiny model after a short SFT that answers either with a number or with two words."""
-    from trainers.sft import train as sft_train
-
     tmp = tmp_path_factory.mktemp("ppo_sft")
     rng = random.Random(0)
     words = "alpha beta gamma delta red green blue cat dog fox".split()
@@ -108,8 +128,6 @@ def warm_policy(tmp_path_factory, tiny_model_dir):
 
 
 def _ppo_cfg(tmp_path, model, name, **kw):
-    from trainers.ppo import PPOConfig
-
     base = dict(model=str(model), data=str(_prompts(tmp_path / "prompts.jsonl")), output_dir=str(tmp_path / name),
                 rollout_batch_size=16, mini_batch_size=8, ppo_epochs=2, max_new_tokens=6, kl_coef=0.05,
                 lr=5e-4, log_every=1, progress=False, tensorboard=False, schedule="constant", max_steps=40)
@@ -118,8 +136,6 @@ def _ppo_cfg(tmp_path, model, name, **kw):
 
 
 def test_ppo_raises_reward_with_bounded_kl(tmp_path, warm_policy):
-    from trainers.ppo import build_stage, train
-
     cfg = _ppo_cfg(tmp_path, warm_policy, "ppo")
     before = build_stage(cfg, reward_fn=digit_reward).evaluate(None)  # 32 prompts, fixed seed
     result = train(cfg, reward_fn=digit_reward)
@@ -135,14 +151,10 @@ def test_ppo_raises_reward_with_bounded_kl(tmp_path, warm_policy):
     for key in ("kl", "reward", "entropy", "clipfrac", "approx_kl", "value_loss"):
         assert any(key in r or f"rollout/{key}" in r for r in result.history), key
     assert all(0.0 <= r["clipfrac"] <= 1.0 for r in steps)
-    from transformers import AutoModelForCausalLM
-
     AutoModelForCausalLM.from_pretrained(tmp_path / "ppo" / "final")
 
 
 def test_ppo_resume_continues_the_uninterrupted_curve(tmp_path, tiny_model_dir):
-    from trainers.ppo import train
-
     # 4 optimizer steps per rollout (2 epochs x 2 mini-batches): the checkpoint of step 2 is mid-rollout
     kw = dict(max_steps=6, save_every=2, keep_checkpoints=5, rollout_batch_size=8, mini_batch_size=4,
               ppo_epochs=2, max_new_tokens=4, reward_norm=True, missing_eos_penalty=0.5)
@@ -159,11 +171,6 @@ def test_ppo_resume_continues_the_uninterrupted_curve(tmp_path, tiny_model_dir):
 
 
 def test_ppo_bad_inputs(tmp_path, tiny_model_dir, capsys):
-    import yaml
-
-    from trainers.init_model import init_model
-    from trainers.rm import new_reward_model
-
     # a reward model with another tokenizer
     other = tmp_path / "other"
     init_model("nano", other, vocab_size=300, texts=["a different corpus entirely"] * 50, seed=1)
@@ -192,15 +199,10 @@ def test_ppo_bad_inputs(tmp_path, tiny_model_dir, capsys):
     assert main(["train", "ppo", "--config", str(path)]) == 2
     assert "kl_coeff" in capsys.readouterr().err
     with pytest.raises(FlanmixError, match="exactly one of"):
-        from trainers.ppo import PPOConfig, build_stage
-
         build_stage(PPOConfig(**{**cfg, "reward_model": None}))
 
 
 def test_ppo_with_ptx_and_reward_model(tmp_path, tiny_model_dir):
-    from trainers.ppo import train
-    from trainers.rm import new_reward_model
-
     rm_dir = tmp_path / "rm"
     new_reward_model(tiny_model_dir).save_pretrained(rm_dir)
     for f in tiny_model_dir.iterdir():
@@ -218,10 +220,6 @@ def test_ppo_with_ptx_and_reward_model(tmp_path, tiny_model_dir):
 
 
 def test_action_logprobs_equal_full_logits(tiny_model_dir):
-    from trainers.dpo import load_policy
-    from trainers.logprobs import token_logprobs
-    from trainers.ppo import _position_ids, action_logprobs
-
     actor = load_policy(tiny_model_dir).eval()
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 200, (3, 10), generator=gen)
@@ -229,6 +227,7 @@ def test_action_logprobs_equal_full_logits(tiny_model_dir):
     amask = torch.zeros(3, 9)
     amask[0, 4:9], amask[1, 3:6], amask[2, 1:4] = 1, 1, 1
     with torch.no_grad():
-        full = token_logprobs(actor(input_ids=ids, attention_mask=attn, position_ids=_position_ids(attn)).logits, ids)
+        logits = actor(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn)).logits
+        full = token_logprobs(logits, ids)
         got = action_logprobs(actor, ids, attn, amask)
     assert torch.allclose(got, full * amask, atol=1e-5)

@@ -8,12 +8,16 @@ import pytest
 import torch
 
 from flanmix.core.errors import FlanmixError
-from flanmix.preferences import preference_rows
+from flanmix.preferences import load_preferences, preference_rows, row_to_group, split_groups
 from helpers import reverse_examples, write_prefs
-from flanmix.preferences import row_to_group
-from trainers.preference import collate, encode_groups, load_tokenizer
-from trainers.rm import (evaluate_rm, last_token_index, load_reward_model, new_reward_model, pairwise_loss,
-                         reward_scores)
+from trainers.losses.reward import pairwise_loss
+from trainers.models import load_tokenizer
+from trainers.ppo import PPOConfig
+from trainers.ppo import build_stage as build_ppo_stage
+from trainers.preference import EncodedGroup, collate, encode_groups
+from trainers.rewards import last_token_index, load_reward_model, new_reward_model, reward_scores
+from trainers.rm import RMConfig, build_stage, evaluate_rm, train
+
 
 def test_last_token_index_left_right_and_pad_equals_eos(tiny_model_dir):
     right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
@@ -38,8 +42,6 @@ def test_last_token_index_left_right_and_pad_equals_eos(tiny_model_dir):
 def test_ranking_loss_is_all_pairs_averaged_per_prompt():
     groups = [row_to_group({"prompt": "p", "responses": ["a", "b", "c"], "scores": [2, 0, 1]}),
               row_to_group({"prompt": "q", "chosen": "x", "rejected": "y", "margin": 0.3})]
-    from trainers.preference import EncodedGroup
-
     enc = [EncodedGroup([1], [[5, 2], [6, 2], [7, 2]], g.scores, g.margin) if i == 0 else
            EncodedGroup([1], [[5, 2], [6, 2]], g.scores, g.margin) for i, g in enumerate(groups)]
     b = collate(enc, 0)
@@ -48,7 +50,8 @@ def test_ranking_loss_is_all_pairs_averaged_per_prompt():
     # brute force: sequences are response-major: [g0a, g1x, g0b, g1y, g0c]
     r = {("p", "a"): rewards[0], ("q", "x"): rewards[1], ("p", "b"): rewards[2], ("q", "y"): rewards[3],
          ("p", "c"): rewards[4]}
-    lp = [-math.log(torch.sigmoid(r["p", w] - r["p", l]).item()) for w, l in [("a", "b"), ("a", "c"), ("c", "b")]]
+    lp = [-math.log(torch.sigmoid(r["p", better] - r["p", worse]).item())
+          for better, worse in [("a", "b"), ("a", "c"), ("c", "b")]]
     lq = -math.log(torch.sigmoid(r["q", "x"] - r["q", "y"] - 0.3).item())
     assert loss.item() == pytest.approx((sum(lp) / 3 + lq) / 2, abs=1e-6)
     diffs = [r["p", "a"] - r["p", "b"], r["p", "a"] - r["p", "c"], r["p", "c"] - r["p", "b"], r["q", "x"] - r["q", "y"]]
@@ -57,15 +60,13 @@ def test_ranking_loss_is_all_pairs_averaged_per_prompt():
 
 
 def test_rm_learns_verifiable_preferences(tmp_path, tiny_model_dir):
-    from trainers.rm import RMConfig, build_stage, train
-
     # typo-level corruptions: checkable by a 2-layer model (word swaps in a reversal plateau near 0.9 here)
     data = write_prefs(tmp_path / "prefs.jsonl", n=300, edits="chars")
     cfg = RMConfig(model=str(tiny_model_dir), data=str(data), output_dir=str(tmp_path / "rm"), max_steps=40,
                    batch_size=16, lr=3e-3, max_length=64, log_every=5, progress=False, tensorboard=False,
                    eval_fraction=0.2, schedule="constant")
     stage = build_stage(cfg)
-    before = evaluate_rm(stage.model, stage._eval, stage.pad_id)
+    before = evaluate_rm(stage.model, stage.eval_groups, stage.pad_id)
     result = train(cfg)
     evals = [r for r in result.history if "eval_accuracy" in r]
     after = evals[-1]["eval_accuracy"]
@@ -74,26 +75,17 @@ def test_rm_learns_verifiable_preferences(tmp_path, tiny_model_dir):
     assert after >= 0.9 and evals[-1]["eval_margin"] > 0
     model = load_reward_model(tmp_path / "rm" / "final")
     tok = load_tokenizer(tmp_path / "rm" / "final")
-    assert evaluate_rm(model, encode_groups(tok, stage_groups(data, stage), 64), tok.pad_token_id)["accuracy"] \
-        == pytest.approx(after)
-
-
-def stage_groups(data, stage):
-    # the held-out groups of the stage, re-read from the file (the split is seeded)
-    from flanmix.preferences import load_preferences, split_groups
-
-    return split_groups(load_preferences(data), 0.2, 0)[1]
+    held_out = split_groups(load_preferences(data), 0.2, 0)[1]  # the stage's split, re-made (it is seeded)
+    assert evaluate_rm(model, encode_groups(tok, held_out, 64), tok.pad_token_id)["accuracy"] == pytest.approx(after)
 
 
 def test_reward_model_folder_without_scalar_head_is_an_error(tiny_model_dir, tmp_path):
     with pytest.raises(FlanmixError, match="no scalar head"):
         load_reward_model(tiny_model_dir)
-    from trainers.ppo import PPOConfig, build_stage
-
     cfg = PPOConfig(model=str(tiny_model_dir), reward_model=str(tiny_model_dir), data=str(tmp_path / "x.jsonl"),
                     output_dir=str(tmp_path / "ppo"), max_steps=1)
     with pytest.raises(FlanmixError, match="no scalar head"):
-        build_stage(cfg)
+        build_ppo_stage(cfg)
     assert not (tmp_path / "ppo").exists()
 
 

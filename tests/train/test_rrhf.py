@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainers.dpo import load_policy, preference_accuracy
-from trainers.preference import EncodedGroup, collate, load_tokenizer
-from trainers.rrhf import rrhf_loss, rrhf_loss_from_scores
-
 from helpers import write_prefs
+from trainers.losses.rrhf import rrhf_loss_from_scores
+from trainers.models import load_tokenizer
+from trainers.policy import load_policy, preference_accuracy
+from trainers.preference import EncodedGroup, collate
+from trainers.rrhf import RRHFConfig, build_stage, rrhf_loss, train
 
 
 def brute_force_rrhf(model, groups, sft_weight):
@@ -67,14 +68,12 @@ def test_rank_term_is_hinge_over_ordered_pairs_and_ties_give_nothing():
 
 
 def test_rrhf_learns_rankings(tmp_path, tiny_model_dir):
-    from trainers.rrhf import RRHFConfig, build_stage, train
-
     data = write_prefs(tmp_path / "rank.jsonl", n=240, kind="rankings", k=3, edits="chars")
     cfg = RRHFConfig(model=str(tiny_model_dir), data=str(data), output_dir=str(tmp_path / "rrhf"), max_steps=30,
                      batch_size=8, lr=3e-3, max_length=64, log_every=5, progress=False, tensorboard=False,
                      eval_fraction=0.2)
     stage = build_stage(cfg)
-    before = preference_accuracy(stage.model, stage._eval, stage.pad_id)
+    before = preference_accuracy(stage.model, stage.eval_groups, stage.pad_id)
     result = train(cfg)
     after = [r for r in result.history if "eval_preference_accuracy" in r][-1]["eval_preference_accuracy"]
     print(f"RRHF held-out preference accuracy {before:.3f} -> {after:.3f}")

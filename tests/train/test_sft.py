@@ -8,9 +8,15 @@ import shutil
 import sys
 import types
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from flanmix.cli import main
+from trainers.config import load_config
+from trainers.sft import SFTConfig, train
 
 
 def _rows(n=96, seed=0):
@@ -34,8 +40,6 @@ def _yaml(tmp_path, model, data, **extra):
            "batch_size": 4, "max_length": 48, "log_every": 1, "progress": False, "tensorboard": False,
            "lr": 3e-3, **extra}
     p = tmp_path / "sft.yaml"
-    import yaml
-
     p.write_text(yaml.safe_dump(cfg))
     return p
 
@@ -59,8 +63,6 @@ def test_sft_cli_trains_and_saves_loadable_model(tmp_path, tiny_model_dir, jsonl
     evals = [m["eval_loss"] for m in _metrics(run) if "eval_loss" in m]
     assert len(losses) == 12 and losses[-1] < losses[0]
     assert len(evals) == 2 and evals[1] < evals[0]
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     AutoModelForCausalLM.from_pretrained(run / "final")
     assert AutoTokenizer.from_pretrained(run / "final").eos_token_id is not None
     stats = json.loads((run / "data_stats.json").read_text())
@@ -69,11 +71,6 @@ def test_sft_cli_trains_and_saves_loadable_model(tmp_path, tiny_model_dir, jsonl
 
 
 def test_sft_python_api_packing_mixture_folder_and_resume(tmp_path, tiny_model_dir):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from trainers.sft import train
-
     mix = tmp_path / "mix"
     (mix / "shards").mkdir(parents=True)
     rows = _rows(120)
@@ -90,8 +87,6 @@ def test_sft_python_api_packing_mixture_folder_and_resume(tmp_path, tiny_model_d
 
 
 def test_sft_chat_messages(tmp_path, tiny_model_dir):
-    from trainers.sft import train
-
     p = tmp_path / "chat.jsonl"
     p.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"say {i}"},
                                                   {"role": "assistant", "content": f"{i}"}]}) + "\n"
@@ -115,27 +110,48 @@ def test_pipeline_file_dispatches_to_run_pipeline(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------------- bad input
 
 
-def test_unknown_config_key(tmp_path, tiny_model_dir, jsonl, capsys):
-    assert main(["train", "sft", "--config", str(_yaml(tmp_path, tiny_model_dir, jsonl, learning_rate=1))]) == 2
-    assert "learning_rate: unknown key" in _err(capsys)
-    assert main(["train", "sft", "--config", str(_yaml(tmp_path, tiny_model_dir, jsonl, lr="fast"))]) == 2
-    assert "lr:" in _err(capsys)
-    assert main(["train", "sft"]) == 2
-    assert "--config" in _err(capsys)
-    assert main(["train", "nosuchstage", "--config", "x.yaml"]) == 2
+def test_typo_in_training_yaml_names_file_line_and_field(tmp_path, tiny_model_dir, jsonl, capsys):
+    cfg = _yaml(tmp_path, tiny_model_dir, jsonl, learning_rate=1)
+    line = next(i for i, text in enumerate(cfg.read_text().splitlines(), 1) if text.startswith("learning_rate:"))
+    assert main(["train", "sft", "--config", str(cfg)]) == 2
+    assert _err(capsys) == f"flanmix: error: {cfg}:{line}: learning_rate: unknown key"
 
 
-def test_missing_and_corrupt_model_folder(tmp_path, tiny_model_dir, jsonl, capsys):
-    assert main(["train", "sft", "--config", str(_yaml(tmp_path, tmp_path / "nope", jsonl))]) == 2
-    assert "model folder not found" in _err(capsys)
+@pytest.mark.parametrize("argv, message", [
+    (["train", "sft"], "`flanmix train sft` needs --config FILE"),
+    (["train", "nosuchstage", "--config", "x.yaml"], "unknown stage 'nosuchstage'"),
+    (["train", "sft", "--config", "missing.yaml"], "missing.yaml: file not found"),
+    (["train", "sft", "--config", "x.yaml", "--set", "lr"], "bad --set 'lr'"),
+])
+def test_bad_command_lines(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in _err(capsys)
+
+
+def test_bad_value_and_bad_override(tmp_path, tiny_model_dir, jsonl, capsys):
+    cfg = _yaml(tmp_path, tiny_model_dir, jsonl, lr="fast")
+    assert main(["train", "sft", "--config", str(cfg)]) == 2
+    assert f"{cfg}:" in (err := _err(capsys)) and "lr: Input should be a valid number" in err
+    cfg = _yaml(tmp_path, tiny_model_dir, jsonl)
+    assert main(["train", "sft", "--config", str(cfg), "--set", "packing_mode=4d"]) == 2
+    assert "packing_mode: unknown key" in _err(capsys)
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("missing", "model folder not found"),
+    ("weights", "cannot load model"),
+    ("config", "config.json is not valid JSON"),
+])
+def test_missing_and_corrupt_model_folder(tmp_path, tiny_model_dir, jsonl, capsys, breakage, message):
     bad = tmp_path / "bad"
-    shutil.copytree(tiny_model_dir, bad)
-    (bad / "model.safetensors").write_bytes(b"this is not a safetensors file")
+    if breakage != "missing":
+        shutil.copytree(tiny_model_dir, bad)
+    if breakage == "weights":
+        (bad / "model.safetensors").write_bytes(b"this is not a safetensors file")
+    if breakage == "config":
+        (bad / "config.json").write_text("{not json")
     assert main(["train", "sft", "--config", str(_yaml(tmp_path, bad, jsonl))]) == 2
-    assert "cannot load model" in _err(capsys)
-    (bad / "config.json").write_text("{not json")
-    assert main(["train", "sft", "--config", str(_yaml(tmp_path, bad, jsonl))]) == 2
-    assert "config.json is not valid JSON" in _err(capsys)
+    assert message in _err(capsys)
 
 
 def test_tokenizer_without_eos(tmp_path, tiny_model_dir, jsonl, capsys):
@@ -182,16 +198,12 @@ def test_nan_loss_exit_2_with_last_checkpoint(tmp_path, tiny_model_dir, jsonl, c
 
 
 def test_example_config_is_valid(repo_root):
-    from trainers.config import load_config
-    from trainers.sft import SFTConfig
-
     cfg = load_config(repo_root / "configs" / "sft.yaml", SFTConfig)
-    assert cfg.packing and cfg.loop_config().output_dir == "runs/sft"
+    assert cfg.packing and cfg.output_dir == "runs/sft"
+    assert load_config(repo_root / "configs" / "sft.yaml", SFTConfig, {"lr": 0.5}).lr == 0.5
 
 
 def test_gradient_checkpointing_gives_the_same_losses(tmp_path, tiny_model_dir, jsonl):
-    from trainers.sft import train
-
     common = dict(model=str(tiny_model_dir), data=str(jsonl), max_steps=3, batch_size=4, max_length=48,
                   log_every=1, progress=False, tensorboard=False, mixed_precision="no", save_final=False)
     plain = [h["loss"] for h in train(dict(common, output_dir=str(tmp_path / "a"))).history]

@@ -1,0 +1,126 @@
+"""Checkpoints of a run: save (atomic, keep the newest N), find and resume, and the final model folder.
+
+`<output_dir>/checkpoints/step-N/` holds accelerate's state (model, optimizer, scheduler, RNG of every process, the
+stage's own state) and `loop_state.json` (step, data position, total steps, loop settings). It is written as
+`step-N.tmp` and renamed, so a crash or a NaN stop never leaves a half-written "last good" checkpoint. Every
+process takes part in saving (ZeRO shards its state); only the main process writes the shared files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from flanmix.core.errors import FlanmixError
+from trainers.config import LoopSettings
+from trainers.metrics import MetricsLog, NonFiniteGuard
+from trainers.protocol import LoopContext, Stage
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    done = [p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")
+            and (p / "loop_state.json").exists()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def find_resume(cfg: LoopSettings) -> Path | None:
+    """The checkpoint to resume from: `resume` = auto (the latest complete one, if any) | never | a folder."""
+    if cfg.resume in ("never", "", None):
+        return None
+    if cfg.resume == "auto":
+        found = checkpoints(cfg.output_dir)
+        return found[-1] if found else None
+    p = Path(cfg.resume)
+    if not (p / "loop_state.json").exists():
+        raise FlanmixError("not a complete checkpoint folder", file=p, field="resume",
+                           expected="checkpoints/step-N with loop_state.json")
+    return p
+
+
+class StageState:
+    """Adapter so accelerate's save_state/load_state carries the stage's own state."""
+
+    def __init__(self, stage: Stage):
+        self.stage = stage
+
+    def state_dict(self) -> dict:
+        return self.stage.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stage.load_state_dict(state)
+
+
+class Checkpointer:
+    """Saves and restores the checkpoints of one run; `last` is the newest complete one (for the NaN message)."""
+
+    def __init__(self, accelerator: Any, cfg: LoopSettings, log: MetricsLog, guard: NonFiniteGuard,
+                 total_steps: int):
+        self.acc, self.cfg, self.log, self.guard = accelerator, cfg, log, guard
+        self.out = Path(cfg.output_dir)
+        self.total_steps = total_steps
+        self.last: Path | None = None
+
+    def resume(self) -> tuple[int, int]:
+        """Load the checkpoint `cfg.resume` points at; returns (step, data position), (0, 0) for a fresh run."""
+        path = find_resume(self.cfg)
+        if path is None:
+            return 0, 0
+        self.acc.load_state(str(path))
+        state = json.loads((path / "loop_state.json").read_text())
+        if state.get("total_steps") not in (None, self.total_steps):
+            raise FlanmixError(f"checkpoint was made for {state['total_steps']} total steps, config gives "
+                               f"{self.total_steps}", file=path, field="max_steps")
+        self.last = path
+        if self.acc.is_main_process:
+            print(f"[{self.log.name}] resumed from {path} at step {state['step']}", flush=True)
+        return state["step"], state["position"]
+
+    def save(self, step: int, position: int) -> Path:
+        """Write checkpoints/step-N atomically (never after a non-finite loss) and drop the oldest beyond
+        keep_checkpoints."""
+        self.guard.check(self.acc, self.log, self.last)
+        final = self.out / "checkpoints" / f"step-{step}"
+        # Not core.atomic: every process writes into the same temporary folder, so its name has no pid.
+        tmp = self.out / "checkpoints" / f"step-{step}.tmp"
+        is_main = self.acc.is_main_process
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.acc.wait_for_everyone()
+        self.acc.save_state(str(tmp))
+        self.acc.wait_for_everyone()
+        if is_main:
+            (tmp / "loop_state.json").write_text(json.dumps(
+                {"step": step, "position": position, "total_steps": self.total_steps, "stage": self.log.name,
+                 "config": self.cfg.loop_fields()}, indent=1))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            keep = self.cfg.keep_checkpoints
+            for old in checkpoints(self.out)[:-keep] if keep > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        self.last = final
+        return final
+
+
+def save_final(stage: Stage, ctx: LoopContext, out_dir: Path) -> None:
+    """Write the trained model with `stage.save` into a temporary folder renamed to `out_dir` when complete."""
+    acc = ctx.accelerator
+    tmp = out_dir.parent / f"{out_dir.name}.tmp"  # one name for all processes (see Checkpointer.save)
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    stage.save(ctx, tmp)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp, out_dir)
+    acc.wait_for_everyone()

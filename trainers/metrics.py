@@ -1,0 +1,137 @@
+"""What a run reports: `metrics.jsonl` + TensorBoard + the returned history (`MetricsLog`), the loss and metrics
+averaged over the steps between two log records (`StepWindow`), and the non-finite-loss stop (`NonFiniteGuard`).
+
+Step values stay device tensors until a log step, so training never waits on a host-device copy per step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from flanmix.core.errors import FlanmixError
+
+
+class MetricsLog:
+    """One JSON object per log/eval event in `<out>/metrics.jsonl`, the same scalars in `<out>/tb` (TensorBoard,
+    when installed) and in `history`. Only the main process writes; the others keep nothing."""
+
+    def __init__(self, out: Path, name: str, *, enabled: bool, tensorboard: bool):
+        self.name, self.enabled = name, enabled
+        self.history: list[dict] = []
+        self.writer = None
+        if enabled and tensorboard:
+            try:  # tensorboard is an optional dependency, hence imported here
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out / "tb"))
+            except ImportError:
+                self.writer = None
+        self.file = (out / "metrics.jsonl").open("a", encoding="utf-8") if enabled else None
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def write(self, record: dict) -> None:
+        """Log one record (history, JSONL and TensorBoard)."""
+        if not self.enabled:
+            return
+        self.history.append(record)
+        self.event(record)
+        if self.writer is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.writer.add_scalar(f"{self.name}/{k}", v, record["step"])
+
+    def event(self, record: dict) -> None:
+        """Append a record to metrics.jsonl only (e.g. the step where the loss became non-finite)."""
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def progress_bar(name: str, total: int, initial: int, enabled: bool) -> tqdm:
+    """The tqdm bar of a run (main process only, when `progress` is on)."""
+    return tqdm(total=total, initial=initial, desc=name, disable=not enabled, dynamic_ncols=True)
+
+
+class StepWindow:
+    """Sums of the loss, the stage's metrics and the token count over the steps since the last log record."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.grad_norm: torch.Tensor | float | None = None  # of the latest optimizer step
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss = torch.zeros((), device=self.device)
+        self.metrics: dict[str, torch.Tensor] = {}
+        self.steps, self.tokens = 0, 0
+        self.start = time.perf_counter()
+
+    def add_metrics(self, metrics: dict, share: float) -> None:
+        """Add one micro-batch's metrics, weighted by its share of the global batch."""
+        for k, v in metrics.items():
+            v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v), device=self.device)
+            self.metrics[k] = self.metrics.get(k, torch.zeros((), device=self.device)) + v * share
+
+    def end_step(self, step_loss: torch.Tensor) -> None:
+        self.loss += step_loss
+        self.steps += 1
+
+    def record(self, accelerator: Any, step: int, lr: float, epoch: float | None) -> dict:
+        """The log record of the window (means over its steps, summed over processes), then a fresh window."""
+        elapsed = time.perf_counter() - self.start
+        vals = torch.stack([self.loss] + list(self.metrics.values()))
+        tokens = self.tokens
+        if accelerator.num_processes > 1:
+            vals = accelerator.reduce(vals, "sum")
+            tokens = int(accelerator.reduce(torch.tensor(tokens, device=self.device), "sum"))
+        vals = (vals / self.steps).tolist()
+        record = {"step": step, "loss": vals[0], "lr": lr, "tokens_per_s": tokens / max(elapsed, 1e-9),
+                  "tokens": tokens, "time_s": elapsed, "epoch": epoch}
+        if self.grad_norm is not None:
+            record["grad_norm"] = float(self.grad_norm)
+        record.update(zip(self.metrics.keys(), vals[1:]))
+        self.reset()
+        return record
+
+
+class NonFiniteGuard:
+    """Remembers the first step whose loss was NaN/inf (on the device, no sync) and stops the run when checked."""
+
+    def __init__(self, device: torch.device):
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
+
+    def observe(self, step_loss: torch.Tensor, step: int) -> None:
+        """Record `step` if its loss is not finite and no earlier step was."""
+        self.bad_step = torch.where((self.bad_step < 0) & ~torch.isfinite(step_loss),
+                                    torch.tensor(step, device=self.bad_step.device), self.bad_step)
+
+    def check(self, accelerator: Any, log: MetricsLog, last_checkpoint: Path | None) -> None:
+        """Raise FlanmixError (naming the step and the last good checkpoint) if any process saw a non-finite loss."""
+        if accelerator.num_processes > 1:
+            bad = int(accelerator.reduce(self.bad_step.clone(), "max"))
+        else:
+            bad = int(self.bad_step)
+        if bad >= 0:
+            where = f"; last good checkpoint: {last_checkpoint}" if last_checkpoint else "; no checkpoint was saved"
+            log.event({"step": bad, "event": "nonfinite_loss"})
+            raise FlanmixError(f"[{log.name}] loss became NaN/inf at step {bad}; training stopped{where} "
+                               f"(try a lower lr, max_grad_norm, or fp32)")
