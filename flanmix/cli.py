@@ -10,10 +10,14 @@ import argparse
 import importlib
 import pkgutil
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from flanmix import __version__
 from flanmix.core.errors import FlanmixError
+
+# Optional dependencies and the extra that installs each: a command that needs one tells the user how to get it.
+_EXTRA_OF = {name: "train" for name in ("torch", "transformers", "accelerate", "tokenizers", "safetensors",
+                                         "tensorboard")} | {"deepspeed": "deepspeed", "ray": "ray"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"flanmix: error: {err}", file=sys.stderr)
         return err.exit_code
+    except ModuleNotFoundError as err:
+        extra = _EXTRA_OF.get((err.name or "").split(".")[0])
+        if extra is None or args.debug:
+            raise
+        print(f"flanmix: error: `flanmix {args.command}` needs {err.name}, which is not installed "
+              f"(expected: pip install 'flanmix[{extra}]')", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("flanmix: interrupted", file=sys.stderr)
         return 130

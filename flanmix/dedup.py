@@ -8,7 +8,6 @@ when any of its word n-grams (13 by default, as in GPT-3) also occurs in a named
 from __future__ import annotations
 
 import csv
-import glob
 import hashlib
 import json
 import re
@@ -20,6 +19,7 @@ import numpy as np
 
 from flanmix.core.errors import FlanmixError
 from flanmix.core.jsonl import iter_jsonl
+from flanmix.core.paths import expand_globs
 
 _WS = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
@@ -123,13 +123,7 @@ def eval_texts_from_files(patterns: Iterable[str], base_dir: Path) -> tuple[list
     texts: list[str] = []
     files: list[Path] = []
     for pattern in patterns:
-        full = pattern if Path(pattern).is_absolute() else str(base_dir / pattern)
-        matches = sorted(glob.glob(full, recursive=True))
-        if not matches:
-            raise FlanmixError(f"no evaluation file matches {pattern!r}", field="decontaminate.files",
-                               expected="an existing file or glob, relative to the mixture file")
-        for match in matches:
-            path = Path(match)
+        for path in expand_globs([pattern], base_dir, field="decontaminate.files", what="evaluation file"):
             if path.is_dir():
                 continue
             files.append(path)

@@ -6,7 +6,6 @@ Every source yields `(example_id, row)` pairs. `example_id` traces a rendered ro
 from __future__ import annotations
 
 import csv
-import glob
 import hashlib
 import importlib
 import json
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from flanmix.core.errors import FlanmixError
+from flanmix.core.jsonl import read_json
+from flanmix.core.paths import expand_globs
 from flanmix.spec import SourceSpec
 
 Generator = Callable[[random.Random], dict]
@@ -65,14 +66,7 @@ def resolve_files(source: SourceSpec, base_dir: Path, file: str | None) -> list[
     """The data files of a `files` source: each pattern (a path or glob, relative to `base_dir`) expanded and
     sorted. A pattern matching nothing or an empty file is a FlanmixError (naming the spec `file` if given)."""
     patterns = [source.files] if isinstance(source.files, str) else list(source.files or [])
-    paths: list[Path] = []
-    for pattern in patterns:
-        full = pattern if Path(pattern).is_absolute() else str(base_dir / pattern)
-        matches = sorted(glob.glob(full, recursive=True))
-        if not matches:
-            raise FlanmixError(f"no data file matches {pattern!r}", file=file, field="source.files",
-                               expected="an existing file or glob, relative to the spec file")
-        paths.extend(Path(m) for m in matches)
+    paths = expand_globs(patterns, base_dir, field="source.files", what="data file", file=file)
     for path in paths:
         if path.stat().st_size == 0:
             raise FlanmixError("data file is empty", file=path, field="source.files", expected="at least one row")
@@ -103,10 +97,7 @@ def read_flan_cot_tsv(path: Path) -> Iterator[dict]:
 
 def read_niv2(path: Path) -> Iterator[dict]:
     """Super-NaturalInstructions task JSON: one row per instance, with the task definition and examples."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise FlanmixError(f"invalid JSON: {err.msg}", file=path, line=err.lineno) from None
+    data = read_json(path, what="Super-NaturalInstructions task")
     if not isinstance(data, dict) or not isinstance(data.get("Instances"), list):
         raise FlanmixError("not a Super-NaturalInstructions task", file=path, field="Instances",
                            expected="a JSON object with an Instances list")

@@ -90,6 +90,8 @@ def _import(args: argparse.Namespace) -> int:
             rows, dropped = pandalm_rows(src, vote=args.vote)
         else:
             rows, dropped = IMPORTERS[args.format](src)
+    except FlanmixError as err:  # the importer's own check of the file's shape
+        raise FlanmixError(f"not a {args.format} file: {err.message}", file=src, line=err.line) from None
     except (KeyError, TypeError, ValueError, OSError) as err:  # a file of another shape
         raise FlanmixError(f"not a {args.format} file ({type(err).__name__}: {err})", file=src) from None
     if not rows:

@@ -10,8 +10,9 @@ import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any
 
 
 def temp_path(path: str | Path) -> Path:
@@ -75,7 +76,11 @@ def atomic_dir(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
         if path.exists() and replace:
             old = path.with_name(f"{path.name}.old-{os.getpid()}")
             os.replace(path, old)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)  # put the previous folder back: never leave DIR missing
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)

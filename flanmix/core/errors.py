@@ -39,7 +39,7 @@ class FlanmixError(Exception):
         return f"{where}{field}{self.message}{expected}".replace("\n", " ")
 
     def with_context(self, *, file: str | Path | None = None, line: int | None = None,
-                     field: str | None = None) -> "FlanmixError":
+                     field: str | None = None) -> FlanmixError:
         """Fill in location details that the raiser did not know."""
         return FlanmixError(
             self.message,

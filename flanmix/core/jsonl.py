@@ -1,11 +1,12 @@
-"""The one JSONL reader: every error names the file and the line."""
+"""The JSON and JSONL readers: every error names the file and the line."""
 
 from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 from flanmix.core.errors import FlanmixError
 
@@ -49,3 +50,17 @@ def iter_jsonl(path: str | Path, *, objects: bool = True) -> Iterator[tuple[int,
 def read_jsonl(path: str | Path, *, objects: bool = True) -> list[Any]:
     """All values of a JSONL file (see `iter_jsonl`)."""
     return [value for _, value in iter_jsonl(path, objects=objects)]
+
+
+def read_json(path: str | Path, *, what: str = "JSON file") -> Any:
+    """The value of a JSON file; a missing, unreadable or invalid file is a FlanmixError naming file and line."""
+    path = Path(path)
+    with open_text(path) as handle:
+        try:
+            text = handle.read()
+        except UnicodeDecodeError as err:
+            raise FlanmixError(f"cannot read {what}: not UTF-8 text ({err.reason})", file=path) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise FlanmixError(f"cannot read {what}: invalid JSON: {err.msg}", file=path, line=err.lineno) from None

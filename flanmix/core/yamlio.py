@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -44,7 +45,7 @@ class YamlDoc:
             raise FlanmixError(f"malformed YAML: {err}", file=self.path, expected="valid YAML") from None
 
     @classmethod
-    def read(cls, path: Path | str) -> "YamlDoc":
+    def read(cls, path: Path | str) -> YamlDoc:
         """Read and parse a YAML file; a missing or unreadable file is a FlanmixError."""
         path = Path(path)
         try:

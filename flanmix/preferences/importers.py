@@ -7,9 +7,23 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flanmix.core.jsonl import iter_jsonl, open_text
+from flanmix.core.errors import FlanmixError
+from flanmix.core.jsonl import iter_jsonl, open_text, read_json
 
 HH_SPLIT = "\n\nAssistant:"
+
+
+def _json_list(path: str | Path, what: str) -> list[dict]:
+    """A JSON file holding a list of objects (PandaLM, ShareGPT)."""
+    data = read_json(path, what=what)
+    if not isinstance(data, list) or not all(isinstance(obj, dict) for obj in data):
+        raise FlanmixError(f"not a {what}", file=path, expected="a JSON list of objects")
+    return data
+
+
+def _malformed(path: str | Path, where: str, err: Exception, expected: str) -> FlanmixError:
+    missing = f"missing field {err}" if isinstance(err, KeyError) else f"malformed row ({err})"
+    return FlanmixError(f"{where}: {missing}", file=path, expected=expected)
 
 
 def hh_rlhf_rows(path: str | Path) -> tuple[list[dict], int]:
@@ -19,8 +33,10 @@ def hh_rlhf_rows(path: str | Path) -> tuple[list[dict], int]:
     """
     path = Path(path)
     rows, dropped = [], 0
-    for _, obj in iter_jsonl(path):
-        c, r = obj["chosen"], obj["rejected"]
+    for line, obj in iter_jsonl(path):
+        c, r = obj.get("chosen"), obj.get("rejected")
+        if not isinstance(c, str) or not isinstance(r, str):
+            raise FlanmixError("an HH-RLHF row needs string 'chosen' and 'rejected' transcripts", file=path, line=line)
         ic, ir = c.rfind(HH_SPLIT), r.rfind(HH_SPLIT)
         if ic < 0 or ir < 0:
             dropped += 1
@@ -37,9 +53,9 @@ def hh_rlhf_rows(path: str | Path) -> tuple[list[dict], int]:
 def pandalm_rows(path: str | Path, vote: str = "unanimous") -> tuple[list[dict], int]:
     """PandaLM human test set: keep rows whose three labels agree and are not a tie (``vote='unanimous'``), or
     a 2-of-3 non-tie majority (``vote='majority'``). Label 1 = response1 better, 2 = response2 better."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data = _json_list(path, "PandaLM file")
     rows, dropped = [], 0
-    for obj in data:
+    for index, obj in enumerate(data):
         labels = [obj.get(f"annotator{i}") for i in (1, 2, 3)]
         if vote == "unanimous":
             winner = labels[0] if labels[0] in (1, 2) and labels.count(labels[0]) == 3 else None
@@ -50,6 +66,8 @@ def pandalm_rows(path: str | Path, vote: str = "unanimous") -> tuple[list[dict],
         if winner is None or not r1.strip() or not r2.strip() or r1.strip() == r2.strip():
             dropped += 1
             continue
+        if "instruction" not in obj:
+            raise _malformed(path, f"row {index}", KeyError("instruction"), "PandaLM rows with an instruction")
         prompt = _as_text(obj["instruction"]) + (f"\n\n{_as_text(obj['input'])}" if obj.get("input") else "")
         chosen, rejected = (r1, r2) if winner == 1 else (r2, r1)
         rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
@@ -70,12 +88,16 @@ _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assista
 
 def sharegpt_rows(path: str | Path) -> tuple[list[dict], int]:
     """LLaMA-Factory ShareGPT pairs → conversational rows (``prompt`` messages, one assistant message each)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data = _json_list(path, "ShareGPT file")
     rows, dropped = [], 0
-    for obj in data:
-        msgs = [{"role": _SHAREGPT_ROLES.get(m["from"], m["from"]), "content": m["value"]}
-                for m in obj["conversations"]]
-        c, r = obj["chosen"]["value"], obj["rejected"]["value"]
+    for index, obj in enumerate(data):
+        try:
+            msgs = [{"role": _SHAREGPT_ROLES.get(m["from"], m["from"]), "content": m["value"]}
+                    for m in obj["conversations"]]
+            c, r = obj["chosen"]["value"], obj["rejected"]["value"]
+        except (KeyError, TypeError) as err:
+            raise _malformed(path, f"row {index}", err, "conversations [{from, value}], chosen.value, "
+                                                         "rejected.value") from None
         if not c.strip() or not r.strip() or c.strip() == r.strip():
             dropped += 1
             continue

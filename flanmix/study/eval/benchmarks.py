@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import csv
 import glob
-import json
 import re
 from pathlib import Path
 
 from flanmix.core.errors import FlanmixError
+from flanmix.core.jsonl import read_json
 from flanmix.study.eval.items import EvalItem, EvalSet
 from flanmix.study.eval.metrics import extract_answer
 
@@ -33,10 +33,7 @@ def _bbh_files(spec: str) -> list[Path]:
 def load_bbh(path: str | Path) -> list[dict]:
     """The `examples` ({input, target}) of one BBH task file."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise FlanmixError(f"cannot read BBH file: {err}", file=path) from None
+    data = read_json(path, what="BBH file")
     examples = data.get("examples") if isinstance(data, dict) else None
     if not isinstance(examples, list) or not all(isinstance(e, dict) and "input" in e and "target" in e
                                                  for e in examples):
@@ -223,10 +220,7 @@ def bigbench_eval_sets(spec: str, *, limit: int | None = None, choice_prefix: st
     """
     sets = []
     for path in _bigbench_files(spec):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise FlanmixError(f"cannot read BIG-bench task: {err}", file=path) from None
+        data = read_json(path, what="BIG-bench task")
         examples = data.get("examples") if isinstance(data, dict) else None
         if not isinstance(examples, list):
             raise FlanmixError("not a BIG-bench JSON task", file=path, expected='{"examples": [...]}')
