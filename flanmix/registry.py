@@ -2,8 +2,8 @@
 registered from Python.
 
 A registry folder holds one task spec per YAML file (any depth) and may hold a `templates/` folder of its own.
-A spec's `templates: a/b` is looked up in that registry's `templates/`, then next to the spec, then in the bundled
-`templates/`; `templates:` may also be written inline.
+A spec's `templates: a/b` is looked up in that registry's `templates/`, then next to the spec, then in the other
+registry folders' `templates/`, then in the bundled `templates/`; `templates:` may also be written inline.
 """
 
 from __future__ import annotations
@@ -11,14 +11,17 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from flanmix.core.errors import FlanmixError
+from flanmix.core.paths import real_path
 from flanmix.core.resources import bundled_dir
+from flanmix.core.yamlio import YamlDoc
+from flanmix.prompts import LIST_NAMES
 from flanmix.spec import TaskSpec, TemplateSet
 from flanmix.task import Task
-from flanmix.core.yamlio import YamlDoc
 
 ENV_VAR = "FLANMIX_REGISTRY"
 _PYTHON_TASKS: dict[str, Task] = {}
@@ -31,9 +34,9 @@ def _template_lines(doc: YamlDoc, prefix: tuple = ()) -> dict[tuple, int]:
         data = data[key] if isinstance(data, dict) else None
     if not isinstance(data, dict):
         return lines
-    for kind in ("zero_shot", "cot"):
+    for kind in LIST_NAMES:
         for i, item in enumerate(data.get(kind) or []):
-            for part in ("input", "target", "options"):
+            for part in ("input", "target", "options", "input_pattern"):
                 if isinstance(item, dict) and part in item:
                     line = doc.line_of([*prefix, kind, i, part])
                     if line:
@@ -41,13 +44,15 @@ def _template_lines(doc: YamlDoc, prefix: tuple = ()) -> dict[tuple, int]:
     return lines
 
 
-def _find_template_file(ref: str, spec_file: Path, registry_root: Path | None) -> Path:
+def _find_template_file(ref: str, spec_file: Path, registry_root: Path | None,
+                        other_roots: Iterable[Path] = ()) -> Path:
     candidates = []
     names = [ref] if ref.endswith((".yaml", ".yml")) else [ref + ".yaml", ref + ".yml"]
     for name in names:
         if registry_root is not None:
             candidates.append(registry_root / "templates" / name)
         candidates.append(spec_file.parent / name)
+        candidates.extend(root / "templates" / name for root in other_roots if root != registry_root)
         candidates.append(bundled_dir("templates") / name)
     for candidate in candidates:
         if candidate.is_file() and candidate.resolve() != spec_file.resolve():
@@ -56,8 +61,37 @@ def _find_template_file(ref: str, spec_file: Path, registry_root: Path | None) -
                        expected=f"a file such as {candidates[0]} or templates/{names[0]}")
 
 
-def load_task_file(path: Path | str, registry_root: Path | None = None) -> Task:
-    """Parse, validate and compile one task spec file (and its template set)."""
+def read_template_set(path: Path) -> tuple[TemplateSet, dict[tuple, int]]:
+    """Parse and validate one template-set file; also the line of every template part (for errors)."""
+    doc = YamlDoc.read(path)
+    if not isinstance(doc.data, dict):
+        raise FlanmixError("a template set must be a YAML mapping", file=path, line=1,
+                           expected="keys zero_shot, cot, few_shot")
+    return doc.validate(TemplateSet), _template_lines(doc)
+
+
+def find_template_set(ref: str, extra_dirs: Iterable[Path | str] = (), *, env: bool = True) -> Path:
+    """The file of a template-set reference such as `flan/rte`: `templates/<ref>.yaml` under a registry folder
+    (`extra_dirs`, then `FLANMIX_REGISTRY`), then the bundled `templates/`."""
+    names = [ref] if ref.endswith((".yaml", ".yml")) else [ref + ".yaml", ref + ".yml"]
+    roots = [Path(p) for p in extra_dirs]
+    if env and os.environ.get(ENV_VAR):
+        roots.extend(Path(p) for p in os.environ[ENV_VAR].split(os.pathsep) if p)
+    folders = [root / "templates" for root in roots] + [bundled_dir("templates")]
+    for folder in folders:
+        for name in names:
+            candidate = folder / name
+            if candidate.is_file():
+                return candidate
+    raise FlanmixError(f"template set {ref!r} not found", field="templates",
+                       expected=f"a file {names[0]} under one of {', '.join(map(str, folders))}")
+
+
+def load_task_file(path: Path | str, registry_root: Path | None = None, other_roots: Iterable[Path] = ()) -> Task:
+    """Parse, validate and compile one task spec file (and its template set).
+
+    `templates: REF` is looked up in `registry_root/templates/`, next to the spec, in the `templates/` of
+    `other_roots` (the other registry folders of a discovery, e.g. a `flanmix import flan` output), then bundled."""
     path = Path(path)
     doc = YamlDoc.read(path)
     if not isinstance(doc.data, dict):
@@ -69,15 +103,10 @@ def load_task_file(path: Path | str, registry_root: Path | None = None) -> Task:
         templates, template_file = spec.templates, path
         template_lines = _template_lines(doc, ("templates",))
     else:
-        template_file = _find_template_file(spec.templates, path, registry_root)
-        tdoc = YamlDoc.read(template_file)
-        if not isinstance(tdoc.data, dict):
-            raise FlanmixError("a template set must be a YAML mapping", file=template_file, line=1,
-                               expected="keys zero_shot, cot, few_shot")
-        templates = tdoc.validate(TemplateSet)
-        template_lines = _template_lines(tdoc)
+        template_file = _find_template_file(spec.templates, path, registry_root, other_roots)
+        templates, template_lines = read_template_set(template_file)
     return Task(spec, templates, spec_file=path, template_file=template_file, template_lines=template_lines,
-                spec_lines=spec_lines)
+                spec_lines=spec_lines, data_root=registry_root)
 
 
 def spec_files(root: Path) -> Iterator[Path]:
@@ -99,10 +128,7 @@ def register_task(spec: TaskSpec | dict[str, Any], templates: TemplateSet | dict
         if isinstance(spec.templates, TemplateSet):
             templates = spec.templates
         else:
-            ref = spec.templates
-            tfile = _find_template_file(ref, Path.cwd() / "<python>", None)
-            doc = YamlDoc.read(tfile)
-            templates = doc.validate(TemplateSet)
+            templates, _ = read_template_set(_find_template_file(spec.templates, Path.cwd() / "<python>", None))
     templates = templates if isinstance(templates, TemplateSet) else TemplateSet.model_validate(templates)
     if spec.name in _PYTHON_TASKS and not replace:
         raise FlanmixError(f"task {spec.name!r} is already registered from Python", field="name")
@@ -135,7 +161,7 @@ class Registry:
 
     @classmethod
     def discover(cls, extra_dirs: Iterable[Path | str] = (), *, bundled: bool = True, env: bool = True,
-                 python: bool = True) -> "Registry":
+                 python: bool = True) -> Registry:
         """Load the bundled registry, `FLANMIX_REGISTRY` folders, `extra_dirs` and Python-registered tasks."""
         roots: list[Path] = []
         if bundled:
@@ -149,10 +175,11 @@ class Registry:
             if not root.is_dir():
                 raise FlanmixError("registry folder not found", file=root, expected="an existing folder")
             for path in spec_files(root):
-                if path.resolve() in seen:
+                real = real_path(path)
+                if real in seen:
                     continue
-                seen.add(path.resolve())
-                registry.add(load_task_file(path, registry_root=root))
+                seen.add(real)
+                registry.add(load_task_file(path, registry_root=root, other_roots=roots))
         if python:
             for task in _PYTHON_TASKS.values():
                 registry.add(task)

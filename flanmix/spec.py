@@ -6,35 +6,33 @@ template set. Unknown keys are errors everywhere, so a typo never silently does 
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from flanmix.core.strict import Strict
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
 FILE_FORMATS = ("json", "jsonl", "csv", "tsv", "parquet", "flan_cot_tsv", "niv2")
 METRICS = ("exact_match", "rank_classification", "cot_exact_match", "contains")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SourceSpec(_Strict):
+class SourceSpec(Strict):
     """Where raw rows come from: exactly one of `builtin`, `files` or `hub`."""
 
-    builtin: Optional[str] = Field(None, description="a bundled generator ('arithmetic.add') or 'module:function'")
+    builtin: str | None = Field(None, description="a bundled generator ('arithmetic.add') or 'module:function'")
     examples: int = Field(1000, gt=0, description="rows a builtin generator produces")
     seed: int = Field(0, description="generator seed (the mixture seed is separate)")
-    files: Optional[Union[str, list[str]]] = Field(None, description="glob(s), relative to the spec file")
-    format: Optional[Literal[FILE_FORMATS]] = Field(None, description="file format; inferred from the suffix")
-    columns: Optional[list[str]] = Field(None, description="column names for header-less csv/tsv")
-    hub: Optional[str] = Field(None, description="a Hugging Face dataset id")
-    config: Optional[str] = None
+    files: str | list[str] | None = Field(None, description="glob(s), relative to the spec file")
+    format: Literal[FILE_FORMATS] | None = Field(None, description="file format; inferred from the suffix")
+    columns: list[str] | None = Field(None, description="column names for header-less csv/tsv")
+    hub: str | None = Field(None, description="a Hugging Face dataset id")
+    config: str | None = None
     split: str = "train"
-    revision: Optional[str] = None
+    revision: str | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "SourceSpec":
+    def _exactly_one(self) -> SourceSpec:
         given = [k for k in ("builtin", "files", "hub") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of builtin, files, hub (got {given or 'none'})")
@@ -54,19 +52,21 @@ class SourceSpec(_Strict):
         return f"files:{files}"
 
 
-class TemplateSpec(_Strict):
+class TemplateSpec(Strict):
     """One prompt template: Jinja for the input and for the target."""
 
     input: str
     target: str
-    inverted: bool = Field(False, description="input inversion: the template asks for the input given the output")
-    options: Optional[str] = Field(
+    inverted: bool = Field(False, description="annotation: an input inversion (asks for the input given the "
+                                              "output); reported in stats, drawn like any other template")
+    options: str | None = Field(
         None, description="Jinja giving this template's answer options (a list, or a '|||'-separated string)")
-    name: Optional[str] = None
+    name: str | None = None
+    source: str | None = Field(None, description="provenance, e.g. 'flan:PATTERNS[rte][3]'")
 
 
-class FewShotFormat(_Strict):
-    """How few-shot exemplars are glued together (Flan 2022's few-shot patterns)."""
+class FewShotFormat(Strict):
+    """Glue around the zero-shot template for few-shot prompts (used when a set has no `few_shot_patterns`)."""
 
     inputs_prefix: str = ""
     targets_prefix: str = ""
@@ -75,42 +75,96 @@ class FewShotFormat(_Strict):
     final_suffix: str = ""
 
 
-class TemplateSet(_Strict):
-    """The templates of one task: zero-shot (non-CoT), CoT and few-shot glue formats."""
+class FewShotPattern(Strict):
+    """A few-shot pattern with its own texts and glue (FLAN's `FewShotPattern`).
+
+    A prompt is `Σ_k [inputs_prefix + x_k + x_y_delimiter + targets_prefix + y_k + example_separator]` +
+    `inputs_prefix + x + x_y_delimiter + targets_prefix`, placed into `input_pattern`; then trailing spaces (not
+    newlines) are removed from the input and the target is stripped. `x`/`y` are `input`/`target` rendered.
+    """
+
+    input: str
+    target: str
+    inputs_prefix: str = ""
+    targets_prefix: str = ""
+    x_y_delimiter: str = "\n\n"
+    example_separator: str = "\n\n\n"
+    final_suffix: str = ""
+    input_pattern: str = Field("{{ inputs }}{{ final_suffix }}", description=(
+        "Jinja around the assembled prompt: `inputs` is the assembled text, `final_suffix` the suffix; other "
+        "names are the row's fields (FLAN's natinst patterns put `{{ Definition }}` first)"))
+    in_template_mix: bool = Field(True, description="may be drawn for template_mix prompts")
+    inverted: bool = False
+    name: str | None = None
+    source: str | None = None
+
+
+class TemplateSet(Strict):
+    """The templates of one task, per variant.
+
+    zs_opt uses `zero_shot`; zs_noopt uses `zero_shot_no_options` when given, else `zero_shot` with an empty
+    options block. fs_opt uses `few_shot_patterns` when given, else `zero_shot` glued by a `few_shot` format;
+    fs_noopt uses `few_shot_patterns_no_options`, else the same as fs_opt with an empty options block.
+    CoT rows use `cot` in every variant.
+    """
 
     zero_shot: list[TemplateSpec] = Field(default_factory=list)
+    zero_shot_no_options: list[TemplateSpec] | None = None
     cot: list[TemplateSpec] = Field(default_factory=list)
     few_shot: list[FewShotFormat] = Field(default_factory=lambda: [FewShotFormat(
         inputs_prefix="Q: ", targets_prefix="A: ", x_y_delimiter="\n", example_separator="\n\n")])
+    few_shot_patterns: list[FewShotPattern] | None = None
+    few_shot_patterns_no_options: list[FewShotPattern] | None = None
+    template_mix: float = Field(0.5, ge=0.0, le=1.0, description=(
+        "share of fs_opt prompts assembled in template_mix mode (exemplars in their own patterns) rather than "
+        "x_shot (exemplars in the row's pattern); only with few_shot_patterns"))
+    strip: bool = Field(True, description="strip rendered inputs and targets (false keeps FLAN's whitespace)")
+    options_style: Literal["flanmix", "flan"] = Field("flanmix", description=(
+        "flanmix: today's styles; flan: FLAN's tables, randomized only in zs_opt, answer rewritten everywhere"))
+    source: str | None = Field(None, description="provenance of the whole set")
 
     @model_validator(mode="after")
-    def _not_empty(self) -> "TemplateSet":
+    def _not_empty(self) -> TemplateSet:
         if not self.zero_shot and not self.cot:
             raise ValueError("a template set needs at least one zero_shot or cot template")
         if not self.few_shot:
             raise ValueError("few_shot needs at least one format (omit it for the default)")
+        # Template K of a no-options list is template K of its options list in other words (FLAN derives them so).
+        if self.zero_shot_no_options is not None and len(self.zero_shot_no_options) != len(self.zero_shot):
+            raise ValueError(f"zero_shot_no_options has {len(self.zero_shot_no_options)} templates, zero_shot "
+                             f"{len(self.zero_shot)} (omit it to blank the options of zero_shot)")
+        if self.few_shot_patterns_no_options is not None and (
+                len(self.few_shot_patterns_no_options) != len(self.few_shot_patterns or [])):
+            raise ValueError("few_shot_patterns_no_options needs as many patterns as few_shot_patterns")
         return self
 
 
-class TaskSpec(_Strict):
+class TaskSpec(Strict):
     """A registered task."""
 
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     cluster: str = Field(description="task cluster, used for held-out evaluation")
-    category: Optional[str] = None
+    category: str | None = None
     collection: str = Field("flanmix", description="origin collection, written to the task_source column")
     source: SourceSpec
     fields: dict[str, str] = Field(default_factory=dict, description="task field -> Jinja over raw fields")
     answer_field: str = "answer"
-    options_field: Optional[str] = None
-    rationale_field: Optional[str] = None
-    templates: Union[str, TemplateSet]
+    options_field: str | None = None
+    rationale_field: str | None = None
+    templates: str | TemplateSet
     metrics: list[Literal[METRICS]] = Field(default_factory=lambda: ["exact_match"])
-    license: Optional[str] = None
+    license: str | None = None
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     few_shot_k: int = Field(3, ge=1, le=32, description="exemplars per few-shot prompt (upper bound)")
     few_shot_max_chars: int = Field(2048, gt=0, description="length budget of a few-shot input, in characters")
+    few_shot_max_tokens: int = Field(1920, gt=0, description=(
+        "length budget of a few-shot input in tokens, used instead of characters when the mixture names a "
+        "tokenizer (FLAN: 1,920)"))
+    dialog_field: str = Field("dialog", description="row field with the dialog turns a `{{ dialog_ }}` block shows")
+    inversion_of: str | None = Field(None, pattern=NAME_PATTERN, description=(
+        "the task this one inverts (FLAN's CoT and dialog input-inversion tasks); a mixture's `inversion_tasks` "
+        "ratio then sets its rate relative to that task's"))
 
     @field_validator("fields")
     @classmethod

@@ -10,19 +10,21 @@ the order rows are rendered in.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
-from flanmix.core.constants import TEMPLATE_TYPES, TemplateType
+from flanmix.core.constants import TemplateType
 from flanmix.core.errors import FlanmixError
+from flanmix.fewshot import MODES, draw_template_mix, draw_x_shot, flan_prompt, glue_prompt, template_mix_separator
+from flanmix.prompts import CompiledTemplate, PromptSet, Rendered, RowFields
 from flanmix.sources import is_validation, iter_source, stable_seed
-from flanmix.spec import FewShotFormat, TaskSpec, TemplateSet, TemplateSpec
-from flanmix.templates import (DEFAULT_OPTIONS_STYLE, Compiled, OptionsStyle, compile_template, compile_value,
-                               format_options, random_options_style, referenced_names,
-                               split_choices)
+from flanmix.spec import FewShotFormat, TaskSpec, TemplateSet
+from flanmix.templates import compile_value
 
 Split = Literal["train", "validation"]
+Counter = Callable[[str], int]
 
 
 @dataclass
@@ -32,16 +34,6 @@ class Example:
     example_id: str
     raw: dict
     context: dict | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class _CompiledTemplate:
-    spec: TemplateSpec
-    input: Compiled
-    target: Compiled
-    options: Compiled | None
-    shows_options: bool  # the input shows `options_`, so a letter/number marker may stand for the answer
-    draws: bool  # the input or target uses the `choice` filter
 
 
 class _LazyRandom:
@@ -55,19 +47,13 @@ class _LazyRandom:
         self._rng: random.Random | None = None
 
     def __getattr__(self, name: str) -> Any:
+        return getattr(self.materialize(), name)
+
+    def materialize(self) -> random.Random:
+        """The seeded `random.Random` itself (for code about to draw many times)."""
         if self._rng is None:
             self._rng = random.Random(stable_seed(*self._parts))
-        return getattr(self._rng, name)
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """A rendered input/target pair and, for evaluation, the options shown and the expected answer."""
-
-    inputs: str
-    targets: str
-    options: list[str] | None
-    answer: str
+        return self._rng
 
 
 class Task:
@@ -75,37 +61,24 @@ class Task:
 
     def __init__(self, spec: TaskSpec, templates: TemplateSet, *, spec_file: Path | None = None,
                  template_file: Path | None = None, template_lines: dict[tuple, int] | None = None,
-                 spec_lines: dict[str, int] | None = None) -> None:
+                 spec_lines: dict[str, int] | None = None, data_root: Path | None = None) -> None:
         self.spec = spec
         self.templates = templates
         self.spec_file = spec_file
+        # The folder a spec file's data files must stay in (its registry folder; docs/security.md).
+        self.data_root = data_root or (spec_file.parent if spec_file else None)
         self.template_file = template_file or spec_file
         self._splits: dict[str, list[Example]] | None = None
+        self._separators: dict[int, str] = {}  # template_mix separator per render seed
         tfile = str(self.template_file) if self.template_file else f"<task {spec.name}>"
         sfile = str(spec_file) if spec_file else f"<task {spec.name}>"
         spec_lines = spec_lines or {}
-        template_lines = template_lines or {}
         self._fields = [(name, compile_value(src, field=f"fields.{name}", file=sfile,
                                              line=spec_lines.get(name)))
                         for name, src in spec.fields.items()]
-
-        def compile_set(kind: str, items: list[TemplateSpec]) -> list[_CompiledTemplate]:
-            out = []
-            for i, tmpl in enumerate(items):
-                def where(part: str) -> dict:
-                    return {"field": f"{kind}[{i}].{part}", "file": tfile,
-                            "line": template_lines.get((kind, i, part))}
-                out.append(_CompiledTemplate(
-                    tmpl, compile_template(tmpl.input, **where("input")),
-                    compile_template(tmpl.target, **where("target")),
-                    compile_value(tmpl.options, **where("options")) if tmpl.options else None,
-                    not tmpl.inverted and "options_" in referenced_names(tmpl.input),
-                    "choice" in tmpl.input or "choice" in tmpl.target))
-            return out
-
-        self._zero_shot = compile_set("zero_shot", templates.zero_shot)
-        self._cot = compile_set("cot", templates.cot)
-        if self._cot and not spec.rationale_field:
+        fields = RowFields(answer=spec.answer_field, options=spec.options_field, dialog=spec.dialog_field)
+        self.prompts = PromptSet(templates, fields=fields, file=tfile, lines=template_lines, fields_file=sfile)
+        if self.prompts.lists["cot"] and not spec.rationale_field:
             # CoT templates need a rationale to exist; say so at registration rather than at render time.
             raise FlanmixError("task has cot templates but no rationale_field", file=sfile, field="rationale_field",
                                expected="the name of the field holding the chain-of-thought rationale")
@@ -121,24 +94,36 @@ class Task:
 
     @property
     def has_cot(self) -> bool:
-        return bool(self._cot)
+        return bool(self.prompts.lists["cot"])
 
     @property
     def has_options(self) -> bool:
-        return bool(self.spec.options_field) or any(t.options for t in self._zero_shot + self._cot)
+        return bool(self.spec.options_field) or any(
+            t.options for kind in ("zero_shot", "cot") for t in getattr(self.templates, kind))
 
-    def num_templates(self, cot: bool = False) -> int:
-        return len(self._cot if cot else self._zero_shot)
+    def num_templates(self, cot: bool = False, template_type: TemplateType = "zs_opt") -> int:
+        """How many templates a variant draws from (zero-shot by default)."""
+        return len(self.prompts.items(template_type, cot))
 
-    def template_indices(self, *, cot: bool = False, inverted: bool | None = None) -> list[int]:
-        """Indices of the zero-shot (or CoT) templates, optionally only (non-)inverted ones."""
-        items = self._cot if cot else self._zero_shot
+    def template_indices(self, *, cot: bool = False, inverted: bool | None = None,
+                         template_type: TemplateType = "zs_opt") -> list[int]:
+        """Indices of a variant's templates (zero-shot by default), optionally only (non-)inverted ones."""
+        items = self.prompts.items(template_type, cot)
         return [i for i, t in enumerate(items) if inverted is None or t.spec.inverted == inverted]
 
+    def same_templates_in_every_variant(self, cot: bool = False) -> bool:
+        """True when every variant draws from one list of the same length (template K means the same K)."""
+        return len({self.num_templates(cot, t) for t in ("zs_opt", "zs_noopt", "fs_opt", "fs_noopt")}) == 1
+
     def variants(self) -> list[str]:
-        """The template types this task renders meaningfully (opt variants need answer options)."""
+        """The template types this task renders meaningfully (opt variants need answer options; few-shot variants
+        need few-shot patterns when the set lists them)."""
         kinds = ["zs_opt", "zs_noopt", "fs_opt", "fs_noopt"] if self.has_options else ["zs_noopt", "fs_noopt"]
-        return kinds
+        return [k for k in kinds if k.startswith("zs") or self.num_templates(template_type=k) > 0]
+
+    def provenance(self) -> dict[str, list[str | None]]:
+        """Template sources per template list (e.g. FLAN key and index), for lists that record them."""
+        return self.prompts.provenance()
 
     # ------------------------------------------------------------------------------------------ rows
     def _load(self) -> dict[str, list[Example]]:
@@ -147,7 +132,8 @@ class Task:
             splits: dict[str, list[Example]] = {"train": [], "validation": []}
             fraction = self.spec.validation_fraction
             for example_id, raw in iter_source(self.spec.source, task_name=self.name, base_dir=base,
-                                               file=str(self.spec_file) if self.spec_file else None):
+                                               file=str(self.spec_file) if self.spec_file else None,
+                                               root=self.data_root):
                 split = "validation" if is_validation(raw, fraction) else "train"
                 splits[split].append(Example(example_id, raw))
             if not splits["train"] and not splits["validation"]:
@@ -174,39 +160,7 @@ class Task:
         return example.context
 
     # ------------------------------------------------------------------------------------------ rendering
-    def _render_one(self, example: Example, tmpl: _CompiledTemplate, with_options: bool, style: OptionsStyle,
-                    rng: random.Random) -> Rendered:
-        context = dict(self.context(example))
-        answer_field = self.spec.answer_field
-        options: list[str] | None = None
-        if tmpl.options is not None:
-            options = split_choices(tmpl.options(context, rng))
-            context["answer_choices"] = options
-        elif self.spec.options_field:
-            if self.spec.options_field not in context:
-                raise FlanmixError(f"options field {self.spec.options_field!r} missing from row {example.example_id}",
-                                   file=self.spec_file, field="options_field")
-            options = split_choices(context[self.spec.options_field])
-        context["options_"] = ""
-        if with_options and options:
-            block = format_options(options, style)
-            context["options_"] = block.text
-            answer = str(context.get(answer_field, ""))
-            # Only a template that shows the markers may answer with one; inverted and option-less templates keep
-            # the answer text (else a CoT target could end in "So the answer is (B).").
-            if block.labels and tmpl.shows_options and answer in options:
-                context[answer_field] = block.labels[options.index(answer)]
-        # Input and target draw from the same random state, as if rendered in one pass: a `choice` made in the
-        # input is made identically when the target repeats it (promptsource templates rely on this).
-        state = rng.getstate() if tmpl.draws else None
-        inputs = str(tmpl.input(context, rng)).strip()
-        if state is not None:
-            rng.setstate(state)
-        targets = str(tmpl.target(context, rng)).strip()
-        answer = str(context[answer_field]) if answer_field in context else targets
-        return Rendered(inputs, targets, options, answer)
-
-    def _exemplars(self, target: Example, rng: random.Random, split: Split) -> list[Example]:
+    def _exemplars(self, target: Example, rng: random.Random) -> list[Example]:
         pool = self.examples("train")
         k = self.spec.few_shot_k
         candidates: list[Example] = []
@@ -225,55 +179,89 @@ class Task:
 
     def render(self, example: Example, *, template_type: TemplateType = "zs_noopt", template_idx: int = 0,
                cot: bool = False, seed: int = 0, split: Split = "train", randomize_options: bool = False,
-               fewshot_format: int | None = None) -> dict[str, Any]:
+               fewshot_format: int | None = None, count_tokens: Counter | None = None) -> dict[str, Any]:
         """Render one example as a mixture row (the Flan columns plus provenance)."""
         rendered = self.render_full(example, template_type=template_type, template_idx=template_idx, cot=cot,
                                     seed=seed, split=split, randomize_options=randomize_options,
-                                    fewshot_format=fewshot_format)
+                                    fewshot_format=fewshot_format, count_tokens=count_tokens)
         return {"inputs": rendered.inputs, "targets": rendered.targets, "task_name": self.name,
                 "task_source": self.spec.collection, "template_type": template_type, "template_idx": template_idx,
                 "example_id": example.example_id, "cot": cot}
 
     def render_full(self, example: Example, *, template_type: TemplateType = "zs_noopt", template_idx: int = 0,
                     cot: bool = False, seed: int = 0, split: Split = "train", randomize_options: bool = False,
-                    fewshot_format: int | None = None) -> Rendered:
-        """Render one example and keep the options and expected answer (used by evaluation)."""
-        if template_type not in TEMPLATE_TYPES:
-            raise FlanmixError(f"unknown template type {template_type!r}", field="template_type",
-                               expected=" | ".join(TEMPLATE_TYPES))
-        items = self._cot if cot else self._zero_shot
+                    fewshot_format: int | None = None, count_tokens: Counter | None = None,
+                    fewshot_mode: str | None = None) -> Rendered:
+        """Render one example and keep the options and expected answer (used by evaluation).
+
+        `count_tokens` measures the few-shot budget in tokens (`few_shot_max_tokens`) instead of characters.
+        `fewshot_mode` forces FLAN's x_shot or template_mix assembly (default: drawn, see `template_mix`).
+        FLAN few-shot rows with no exemplar left raise `flanmix.fewshot.FewShotDropped`.
+        """
+        items = self.prompts.items(template_type, cot)
         if not items:
-            raise FlanmixError(f"task {self.name!r} has no {'cot' if cot else 'zero_shot'} templates",
-                               file=self.template_file, field="cot" if cot else "zero_shot")
+            kind = self.prompts.list_name(template_type, cot)
+            raise FlanmixError(f"task {self.name!r} has no {kind} templates", file=self.template_file, field=kind)
         if not 0 <= template_idx < len(items):
             raise FlanmixError(f"template index {template_idx} out of range for task {self.name!r}",
                                field="template_idx", expected=f"0..{len(items) - 1}")
         rng = _LazyRandom((seed, self.name, example.example_id, template_type, template_idx, cot))
-        with_options = template_type in ("zs_opt", "fs_opt")
-        style = random_options_style(rng) if (randomize_options and with_options) else DEFAULT_OPTIONS_STYLE
+        make_block = self.prompts.block_maker(template_type, randomize_options, rng)
         tmpl = items[template_idx]
-        target = self._render_one(example, tmpl, with_options, style, rng)
+        if tmpl.is_pattern:
+            return self._render_pattern(example, items, template_idx, template_type, make_block, rng, seed,
+                                        count_tokens, fewshot_mode)
+        dialog_rng = rng if randomize_options and template_type.startswith("zs") else None
+        target = self.prompts.render_one(dict(self.context(example)), tmpl, make_block, rng, dialog_rng=dialog_rng,
+                                         where=example.example_id)
         if template_type.startswith("zs"):
             return target
         formats = self.templates.few_shot
         fmt: FewShotFormat = formats[fewshot_format if fewshot_format is not None else rng.randrange(len(formats))]
-        shots: list[str] = []
-        budget = self.spec.few_shot_max_chars - len(target.inputs)
-        for exemplar in self._exemplars(example, rng, split):
-            shot = self._render_one(exemplar, tmpl, with_options, style, rng)
-            text = f"{fmt.inputs_prefix}{shot.inputs}{fmt.x_y_delimiter}{fmt.targets_prefix}{shot.targets}"
-            if shots and len(text) + len(fmt.example_separator) > budget:
-                break
-            budget -= len(text) + len(fmt.example_separator)
-            shots.append(text)
-        final = f"{fmt.inputs_prefix}{target.inputs}{fmt.x_y_delimiter}{fmt.targets_prefix.rstrip()}"
-        inputs = fmt.example_separator.join([*shots, final]) + fmt.final_suffix
+        shots = (self.prompts.render_one(dict(self.context(exemplar)), tmpl, make_block, rng,
+                                         where=exemplar.example_id)
+                 for exemplar in self._exemplars(example, rng))
+        count, budget = self._budget(count_tokens)
+        inputs = glue_prompt(fmt, target, shots, budget, count)
         return Rendered(inputs, target.targets, target.options, target.answer)
+
+    def _budget(self, count_tokens: Counter | None) -> tuple[Counter, int]:
+        if count_tokens is None:
+            return len, self.spec.few_shot_max_chars
+        return count_tokens, self.spec.few_shot_max_tokens
+
+    def _render_pattern(self, example: Example, items: list[CompiledTemplate], idx: int, template_type: str,
+                        make_block, rng: _LazyRandom, seed: int, count_tokens: Counter | None,
+                        mode: str | None) -> Rendered:
+        """A FLAN few-shot prompt (x_shot or template_mix) for one row."""
+        pool = self._load()["train"]
+        if not pool:
+            raise FlanmixError(f"task {self.name!r} has no training rows for few-shot prompts",
+                               file=self.spec_file, field="source")
+        rng = rng.materialize()  # a few-shot prompt always draws, many times
+        if mode is None:
+            draw = template_type == "fs_opt" and rng.random() < self.templates.template_mix
+            mode = "template_mix" if draw else "x_shot"
+        elif mode not in MODES:
+            raise FlanmixError(f"unknown few-shot mode {mode!r}", field="fewshot_mode", expected=" | ".join(MODES))
+        separator = None
+        if mode == "template_mix" and items[idx].spec.in_template_mix:
+            if seed not in self._separators:  # one separator per task (and seed), as FLAN draws one per task
+                self._separators[seed] = template_mix_separator(random.Random(stable_seed(seed, self.name,
+                                                                                          "template_mix")))
+            separator = self._separators[seed]
+            exemplars = [(self.context(pool[row]), pattern)
+                         for row, pattern in draw_template_mix(rng, len(pool), self.prompts.in_mix(template_type))]
+        else:  # x_shot (a pattern outside the template mix always assembles this way)
+            exemplars = [(self.context(pool[row]), idx) for row in draw_x_shot(rng, len(pool), len(items))]
+        count, budget = self._budget(count_tokens)
+        return flan_prompt(self.prompts, items, idx, self.context(example), exemplars, make_block=make_block,
+                           rng=rng, separator=separator, budget=budget, count=count, where=example.example_id)
 
     def iter_renders(self, *, split: Split = "train", template_type: TemplateType = "zs_noopt", cot: bool = False,
                      seed: int = 0, limit: int | None = None) -> Iterable[dict[str, Any]]:
         """Render examples of a split, cycling over the templates (a quick preview helper)."""
-        indices = self.template_indices(cot=cot)
+        indices = self.template_indices(cot=cot, template_type=template_type)
         for n, example in enumerate(self.examples(split)[:limit]):
             yield self.render(example, template_type=template_type, template_idx=indices[n % len(indices)],
                               cot=cot, seed=seed, split=split)

@@ -1,5 +1,5 @@
-"""`flanmix import {promptsource,niv2,flan-cot,t0,files,shared} SRC --out DIR`: write task specs + templates into a
-registry folder, usable with `--registry DIR`."""
+"""`flanmix import {promptsource,niv2,flan-cot,t0,flan,files,shared} SRC --out DIR`: write task specs + templates
+into a registry folder, usable with `--registry DIR`."""
 
 from __future__ import annotations
 
@@ -31,10 +31,27 @@ def _finish(args: argparse.Namespace, items: list, notes: list[str]) -> int:
     return 0
 
 
+def cmd_import_flan(args: argparse.Namespace) -> int:
+    from flanmix.importers.flan import import_flan
+
+    result = import_flan(args.src, args.out, overwrite=args.overwrite)
+    c = result.counts
+    print(f"wrote {len(result.sets)} template sets to {args.out}/templates: {c['keys']} FLAN keys "
+          f"({c['zero_shot']} zero-shot, {c['zero_shot_no_options']} no-options, {c['few_shot']} few-shot "
+          f"patterns), {c['inline_fs']} inline few-shot patterns, {c['flan2021_keys']} Flan 2021 keys")
+    print(f'render them with: flanmix render --batch FILE.jsonl --registry {args.out}  '
+          '(a line: {"templates": "flan/rte", "variant": "zs_opt", "template": 0, "row": {...}})')
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from flanmix import importers
 
+    if args.import_kind == "flan":
+        return cmd_import_flan(args)
+
     notes: list[str] = []
+    failures: list = []
     kind = args.import_kind
     if kind == "shared":
         items = importers.import_shared(args.src, kinds=args.only or None, notes=notes)
@@ -45,14 +62,17 @@ def cmd_import(args: argparse.Namespace) -> int:
     else:
         module = {"promptsource": importers.promptsource, "niv2": importers.niv2, "flan-cot": importers.flan_cot,
                   "t0": importers.t0}[kind]
-        kwargs = {"split": args.split} if kind == "promptsource" else {}
+        kwargs = {"split": args.split, "failures": failures} if kind == "promptsource" else {}
         items = module.import_path(Path(args.src), cluster=args.cluster, notes=notes, **kwargs)
-    return _finish(args, items, notes)
+    code = _finish(args, items, notes)
+    for err in failures:  # files that could not be imported (the others were written): one line each, exit 2
+        print(f"flanmix: error: {err}", file=sys.stderr)
+    return 2 if failures else code
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "import", help="import promptsource / NIv2 / Flan CoT / T0 / local files as tasks",
+        "import", help="import promptsource / NIv2 / Flan CoT / T0 / FLAN templates / local files",
         description="Turn external task collections into flanmix task specs and templates in a registry folder "
                     "(DIR/<task>.yaml + DIR/templates/...). Load them with --registry DIR.")
     sub = parser.add_subparsers(dest="import_kind", metavar="KIND", required=True)
@@ -82,6 +102,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", help="file format (default: from the suffix)")
     p.add_argument("--collection", default="local", help="collection name (default local)")
     _common(p)
+
+    p = sub.add_parser("flan", help="FLAN's own templates (templates.py, flan_templates_branched.py) as template sets",
+                       description="Read FLAN's template files as data (never run) and write one template set per "
+                                   "FLAN pattern key to DIR/templates/flan/<key>.yaml.")
+    p.add_argument("src", help="folder holding FLAN's templates.py and flan_templates_branched.py")
+    p.add_argument("--out", required=True, metavar="DIR", help="registry folder to write (created if missing)")
+    p.add_argument("--overwrite", action="store_true", help="replace template files that already exist")
 
     p = sub.add_parser("shared", help="everything under a shared data folder (promptsource, NIv2, CoT, T0)")
     p.add_argument("src", metavar="SHARED_DATA_DIR")

@@ -6,14 +6,24 @@ import argparse
 import sys
 from pathlib import Path
 
-from flanmix.core.errors import FlanmixError
+from flanmix.commands.argtypes import non_negative_int, positive_int
 from flanmix.core.constants import TEMPLATE_TYPES
+from flanmix.core.errors import FlanmixError
 
 
 def add_registry_option(parser: argparse.ArgumentParser) -> None:
     """`--registry DIR` (repeatable): extra task registry folders."""
     parser.add_argument("--registry", action="append", default=[], metavar="DIR",
                         help="extra task registry folder (repeatable; also FLANMIX_REGISTRY=DIR1:DIR2)")
+    add_allow_path_option(parser)
+
+
+def add_allow_path_option(parser: argparse.ArgumentParser) -> None:
+    """`--allow-path DIR` (repeatable): a folder outside their registry folder that task specs may read data from
+    (docs/security.md); `flanmix.cli` applies it for the duration of the command."""
+    parser.add_argument("--allow-path", action="append", default=[], metavar="DIR",
+                        help="let task specs read data files under DIR too (repeatable; also "
+                             "FLANMIX_ALLOW_PATHS=DIR1:DIR2; see docs/security.md)")
 
 
 def _registry(args: argparse.Namespace):
@@ -50,10 +60,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"metrics:     {', '.join(spec.metrics)}")
     print(f"license:     {spec.license or 'unspecified'}")
     print(f"variants:    {', '.join(task.variants())}" + (" (+cot)" if task.has_cot else ""))
-    for kind, items in (("zero_shot", task.templates.zero_shot), ("cot", task.templates.cot)):
-        for i, tmpl in enumerate(items):
+    from flanmix.prompts import LIST_NAMES
+
+    for kind in LIST_NAMES:
+        for i, tmpl in enumerate(getattr(task.templates, kind) or []):
             flag = " [inverted]" if tmpl.inverted else ""
-            print(f"  {kind}[{i}]{flag}: {tmpl.input!r} -> {tmpl.target!r}")
+            source = f" ({tmpl.source})" if tmpl.source else ""
+            print(f"  {kind}[{i}]{flag}{source}: {tmpl.input!r} -> {tmpl.target!r}")
     return 0
 
 
@@ -100,32 +113,68 @@ def _render_every_template(task, rows: int) -> int:
     """Render every template of a task in every variant on the first `rows` examples."""
     examples = (task.examples("train") or task.examples("validation"))[:rows]
     count = 0
+    from flanmix.fewshot import FewShotDropped
+
     for cot in ([False, True] if task.has_cot else [False]):
-        for idx in task.template_indices(cot=cot):
-            for variant in TEMPLATE_TYPES:
-                if variant.startswith("fs") and len(task.examples("train")) < 2:
-                    continue
+        for variant in TEMPLATE_TYPES:
+            if variant.startswith("fs") and len(task.examples("train")) < 2:
+                continue
+            for idx in task.template_indices(cot=cot, template_type=variant):
                 for example in examples:
-                    task.render(example, template_type=variant, template_idx=idx, cot=cot, randomize_options=True)
+                    try:
+                        task.render(example, template_type=variant, template_idx=idx, cot=cot,
+                                    randomize_options=True)
+                    except FewShotDropped:  # FLAN drops a few-shot row without exemplars; not a problem
+                        pass
                     count += 1
     return count
 
 
+def cmd_render_batch(args: argparse.Namespace) -> int:
+    """One JSON line out per request line in; exit code 2 when any line failed."""
+    import json
+
+    from flanmix.batch import render_batch
+
+    failed = 0
+    for _, out in render_batch(args.batch, args.registry):
+        failed += "error" in out
+        print(json.dumps(out, ensure_ascii=False), flush=False)
+    sys.stdout.flush()
+    return 2 if failed else 0
+
+
 def cmd_render(args: argparse.Namespace) -> int:
+    if args.batch:
+        if args.name:
+            raise FlanmixError("give a task name or --batch FILE, not both", field="--batch")
+        return cmd_render_batch(args)
+    if not args.name:
+        raise FlanmixError("which task?", field="name", expected="a task name, or --batch FILE.jsonl")
     task = _registry(args).get(args.name)
     examples = task.examples(args.split)
     if not examples:
         raise FlanmixError(f"task {task.name!r} has no {args.split} examples", field="--split")
-    indices = task.template_indices(cot=args.cot)
+    from flanmix.fewshot import FewShotDropped
+
+    indices = task.template_indices(cot=args.cot, template_type=args.variant)
     if args.template is not None:
         indices = [args.template]
+    if not indices:
+        raise FlanmixError(f"task {task.name!r} has no {args.variant} templates", field="--variant",
+                           expected=", ".join(task.variants()))
     for n in range(args.n):
         example = examples[n % len(examples)]
-        row = task.render(example, template_type=args.variant, template_idx=indices[n % len(indices)], cot=args.cot,
-                          seed=args.seed, split=args.split, randomize_options=args.random_options)
-        header = (f"── {row['task_name']} · {row['template_type']}{' · cot' if row['cot'] else ''} · template "
-                  f"{row['template_idx']} · {row['example_id']} ")
+        idx = indices[n % len(indices)]
+        header = (f"── {task.name} · {args.variant}{' · cot' if args.cot else ''} · template {idx} · "
+                  f"{example.example_id} ")
         print(header + "─" * max(0, 78 - len(header)))
+        try:
+            row = task.render(example, template_type=args.variant, template_idx=idx, cot=args.cot, seed=args.seed,
+                              split=args.split, randomize_options=args.random_options)
+        except FewShotDropped:
+            print("(no exemplar left: FLAN drops this few-shot row)\n")
+            continue
         print("INPUT:\n" + row["inputs"])
         print("TARGET:\n" + row["targets"])
         print()
@@ -151,16 +200,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              description="Parse every task spec and template set, render every template in every "
                                          "variant on sample rows, and report every problem with file and line.")
     p.add_argument("paths", nargs="*", help="spec files or registry folders (default: every registered task)")
-    p.add_argument("--rows", type=int, default=2, help="sample rows rendered per template (default 2)")
+    p.add_argument("--rows", type=non_negative_int, default=2, help="sample rows rendered per template (default 2)")
     add_registry_option(p)
     p.set_defaults(func=cmd_validate)
 
-    p = subparsers.add_parser("render", help="preview rendered examples of a task",
-                              description="Render a few examples of a task in a Flan variant.")
-    p.add_argument("name", help="task name")
+    p = subparsers.add_parser("render", help="preview rendered examples of a task, or render a batch of requests",
+                              description="Render a few examples of a task in a Flan variant, or (--batch) render "
+                                          "one JSON request per line of a file and print one JSON line per request.")
+    p.add_argument("name", nargs="?", help="task name")
+    p.add_argument("--batch", metavar="FILE.jsonl",
+                   help='requests {"templates": TASK_OR_SET, "variant": V, "template": K, "row": {...}, '
+                        '"cot": false}, one per line; prints {"inputs", "targets"} (or {"line", "error"}) per line')
     p.add_argument("--variant", choices=TEMPLATE_TYPES, default="zs_noopt")
     p.add_argument("--cot", action="store_true", help="use the chain-of-thought templates")
-    p.add_argument("-n", type=int, default=3, help="number of examples (default 3)")
+    p.add_argument("-n", type=positive_int, default=3, help="number of examples (default 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--template", type=int, help="only this template index")
     p.add_argument("--split", choices=["train", "validation"], default="train")

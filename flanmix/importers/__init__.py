@@ -8,8 +8,8 @@ File sources hold absolute paths in memory and are written relative to the regis
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from flanmix.importers import files, flan_cot, niv2, promptsource, t0
 from flanmix.importers._common import Imported, register, render_files, write_registry

@@ -6,12 +6,14 @@ import glob
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import yaml
 
+from flanmix.core.atomic import temp_path
 from flanmix.core.errors import FlanmixError
+from flanmix.core.yamlio import read_yaml
 from flanmix.spec import NAME_PATTERN, TaskSpec, TemplateSet
 
 Imported = tuple[TaskSpec, TemplateSet]
@@ -145,13 +147,24 @@ def write_registry(items: Sequence[Imported], out_dir: Path | str, *, overwrite:
     """Write imported tasks into a registry folder (`DIR/<task>.yaml` + `DIR/templates/...`), atomically.
 
     Everything is written to `DIR.tmp-<pid>` first and checked there (each spec and template set is read back,
-    compared and compiled); only then are the files moved in. Existing task or template files are refused unless `overwrite`.
-    Returns the written spec files.
+    compared and compiled); only then are the files moved in. Existing task or template files are refused unless
+    `overwrite`. Returns the written spec files.
     """
+    out_dir = Path(out_dir)
+    files = render_files(items, out_dir, absolute_paths=absolute_paths)
+    write_files(files, out_dir, overwrite=overwrite,
+                check=(lambda stage: _validate_written(items, stage)) if validate else None)
+    return [out_dir / rel for rel in files if rel.parent == Path(".")]
+
+
+def write_files(files: dict[Path, str], out_dir: Path | str, *, overwrite: bool = False,
+                check: Callable[[Path], None] | None = None) -> None:
+    """Write text files (relative path -> text) into a folder atomically: first into `DIR.tmp-<pid>`, where
+    `check(stage)` may read them back, then moved in. Existing files are refused unless `overwrite`; on any error
+    `DIR` is left as it was."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FlanmixError("output path exists and is not a folder", file=out_dir, field="--out")
-    files = render_files(items, out_dir, absolute_paths=absolute_paths)
     if not overwrite:
         clashes = [rel for rel in files if (out_dir / rel).exists()]
         if clashes:
@@ -160,14 +173,14 @@ def write_registry(items: Sequence[Imported], out_dir: Path | str, *, overwrite:
                                expected="a new folder, or --overwrite to replace imported files")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Same parent, same depth: relative data paths resolve identically from the staging folder.
-    stage = out_dir.parent / f"{out_dir.name}.tmp-{os.getpid()}"
+    stage = temp_path(out_dir)
     shutil.rmtree(stage, ignore_errors=True)
     try:
         for rel, text in files.items():
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
             (stage / rel).write_text(text, encoding="utf-8")
-        if validate:
-            _validate_written(items, stage)
+        if check is not None:
+            check(stage)
         if not out_dir.exists():
             os.replace(stage, out_dir)
         else:
@@ -176,10 +189,6 @@ def write_registry(items: Sequence[Imported], out_dir: Path | str, *, overwrite:
                 os.replace(stage / rel, out_dir / rel)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    return [out_dir / rel for rel in files if rel.parent == Path(".")]
-
-
-_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _validate_written(items: Sequence[Imported], stage: Path) -> None:
@@ -189,8 +198,8 @@ def _validate_written(items: Sequence[Imported], stage: Path) -> None:
     for spec, templates in items:
         spec_file = stage / f"{spec.name}.yaml"
         template_file = stage / "templates" / f"{template_ref(spec)}.yaml"
-        written = TaskSpec.model_validate(yaml.load(spec_file.read_text(encoding="utf-8"), Loader=_FAST_LOADER))
-        back = TemplateSet.model_validate(yaml.load(template_file.read_text(encoding="utf-8"), Loader=_FAST_LOADER))
+        written = TaskSpec.model_validate(read_yaml(spec_file))
+        back = TemplateSet.model_validate(read_yaml(template_file))
         if back != templates or written.model_dump(exclude={"source", "templates"}) != spec.model_dump(
                 exclude={"source", "templates"}):
             raise FlanmixError("written files do not read back unchanged (please report this)", file=spec_file)

@@ -28,10 +28,9 @@ from pathlib import Path
 
 import jinja2
 import jinja2.meta
-import yaml
 
 from flanmix.core.errors import FlanmixError
-from flanmix.core.yamlio import YamlDoc
+from flanmix.core.yamlio import YamlDoc, read_yaml
 from flanmix.importers._common import Imported, check_name, cluster_of, discover_files
 from flanmix.spec import SourceSpec, TaskSpec, TemplateSet, TemplateSpec
 from flanmix.templates import ENV
@@ -170,20 +169,9 @@ def convert_template(template: dict, *, file: str | Path | None = None, line: in
     return spec, metadata.get("original_task") is not False
 
 
-class _FastLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """libyaml when available (5x faster than pure Python); promptsource's tags as plain mappings."""
-
-
-_FastLoader.add_constructor("!Template", lambda loader, node: loader.construct_mapping(node, deep=True))
-_FastLoader.add_constructor("!TemplateMetadata", lambda loader, node: loader.construct_mapping(node, deep=True))
-
-
 def _load(path: Path):
-    """Parse a promptsource file fast; on any problem, let flanmix's YAML reader produce the file:line error."""
-    try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_FastLoader)  # noqa: S506 - a SafeLoader
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return YamlDoc.read(path).data  # raises the one-line FlanmixError (or parses, if libyaml was the issue)
+    """Parse a promptsource file with flanmix's bounded YAML reader (libyaml; one-line file:line errors)."""
+    return read_yaml(path)
 
 
 class _Lines:

@@ -14,12 +14,14 @@ from tqdm import tqdm
 
 from flanmix.core.atomic import atomic_dir
 from flanmix.core.errors import FlanmixError
-from flanmix.core.yamlio import YamlDoc
-from flanmix.dedup import SeenKeys, build_ngram_set, eval_texts_from_files
+from flanmix.dedup import SeenKeys
 from flanmix.fewshot import TokenCounter
+from flanmix.mixture.decontaminate import eval_grams
+from flanmix.mixture.engines import LocalEngine, open_engine
 from flanmix.mixture.manifest import Manifest, input_hashes, make_manifest
 from flanmix.mixture.plan import epoch_size, make_plan, part_range, planned_rows
-from flanmix.mixture.render import ShardRenderer, render_shards
+from flanmix.mixture.ray_engine import RayEngine
+from flanmix.mixture.render import ShardRenderer
 from flanmix.mixture.resolve import resolve
 from flanmix.mixture.spec import MixtureSpec, as_spec, where
 from flanmix.registry import Registry
@@ -42,22 +44,35 @@ PILOT_ROWS = 2_000  # rows rendered to estimate the mean tokens per row of a `si
 def build(spec: MixtureSpec | dict | str | Path, out_dir: str | Path, *, seed: int | None = None,
           num_proc: int = 1, fmt: str = "parquet", overwrite: bool = False, registry: Registry | None = None,
           registry_dirs: Iterable[str] = (), messages: bool = False, num_shards: int = 1, shard_index: int = 0,
-          rows_per_shard: int = DEFAULT_ROWS_PER_SHARD, progress: bool = True) -> Manifest:
+          rows_per_shard: int = DEFAULT_ROWS_PER_SHARD, progress: bool = True, engine: str = "local",
+          address: str | None = None) -> Manifest:
     """Build a mixture into `out_dir` (shards + manifest.json) and return the manifest.
 
     `spec` is a mixture file, a bundled mixture name, a dict or a MixtureSpec. `num_shards`/`shard_index` build
-    one deterministic part of the mixture (merge the parts with `merge`).
+    one deterministic part of the mixture (merge the parts with `merge`). `engine="ray"` renders the shards on a
+    Ray cluster (`address`, else a local one; docs/scale-out.md) instead of `num_proc` local processes.
     """
     _check_options(fmt, num_shards, shard_index, num_proc, rows_per_shard)
+    with open_engine(engine, address, num_proc) as runner:
+        return _build(runner, spec, out_dir, seed=seed, fmt=fmt, overwrite=overwrite, registry=registry,
+                      registry_dirs=registry_dirs, messages=messages, num_shards=num_shards, shard_index=shard_index,
+                      rows_per_shard=rows_per_shard, progress=progress)
+
+
+def _build(runner: LocalEngine | RayEngine, spec: MixtureSpec | dict | str | Path, out_dir: str | Path, *,
+           seed: int | None, fmt: str, overwrite: bool, registry: Registry | None, registry_dirs: Iterable[str],
+           messages: bool, num_shards: int, shard_index: int, rows_per_shard: int, progress: bool) -> Manifest:
     spec, doc = as_spec(spec)
     if spec.size is None:
         raise FlanmixError("required field is missing", field="size", expected="examples: N, tokens: N or epoch",
                            **where(doc, ["size"]))
     base_dir = doc.path.parent if doc else Path.cwd()
     seed = spec.seed if seed is None else seed
+    runner.prepare(spec=spec, doc=doc, base_dir=base_dir, registry=registry, registry_dirs=registry_dirs,
+                   rows_per_shard=rows_per_shard, part=(num_shards, shard_index))
     registry = registry if registry is not None else Registry.discover(registry_dirs)
     resolved = resolve(spec, registry, doc=doc, base_dir=base_dir)
-    grams, eval_files = _eval_grams(spec, registry, base_dir, doc)
+    grams, eval_files = eval_grams(spec, registry, base_dir, doc)
     tokenizer_path = None
     if spec.size.tokenizer:
         tok = Path(spec.size.tokenizer)
@@ -76,14 +91,14 @@ def build(spec: MixtureSpec | dict | str | Path, out_dir: str | Path, *, seed: i
     mine = list(part_range(num_files, num_shards, shard_index))
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
-    with atomic_dir(out_dir, replace=True) as tmp:
+    with atomic_dir(out_dir, replace=overwrite) as tmp:
         renderer = ShardRenderer(plan=plan, out=tmp, **render_settings)
         collector = _Collector(renderer, sum(planned_rows(len(plan), rows_per_shard, i) for i in mine), progress)
-        render_shards(renderer, mine, num_proc, collector.consume)
+        runner.render(resolved, renderer, mine, collector.consume)
         collector.bar.close()
         options = {"format": fmt, "messages": messages, "rows_per_shard": rows_per_shard, "num_files": num_files,
                    "part": {"count": num_shards, "index": shard_index} if num_shards > 1 else None,
-                   "tokenizer": tokenizer_path}
+                   "tokenizer": tokenizer_path, "engine": runner.name}
         manifest = make_manifest(resolved, spec, seed, plan, collector.records, collector.counters, options,
                                  input_hashes(resolved, eval_files))
         write_manifest(tmp, manifest)
@@ -145,22 +160,3 @@ class _Collector:
             self.records.append({"index": res["index"], "file": path.name, "rows": stats.rows,
                                  "sha256": file_sha256(path), "stats": stats.to_json()})
             self.bar.update(res["planned"])
-
-
-def _eval_grams(spec: MixtureSpec, registry: Registry, base_dir: Path, doc: YamlDoc | None
-                ) -> tuple[set[int] | None, list[Path]]:
-    """The n-gram hashes of the evaluation data named by `decontaminate` (None without it), and the files read."""
-    dec = spec.decontaminate
-    if dec is None:
-        return None, []
-    texts: list[str] = []
-    for name in dec.tasks:
-        try:
-            task = registry.get(name)
-        except FlanmixError as err:
-            raise err.with_context(**where(doc, ["decontaminate", "tasks"])) from None
-        for example in task.examples("validation"):
-            texts.extend(str(v) for v in task.context(example).values() if isinstance(v, (str, int, float)))
-    file_texts, files = eval_texts_from_files(dec.files, base_dir)
-    texts.extend(file_texts)
-    return build_ngram_set(texts, dec.ngram), files

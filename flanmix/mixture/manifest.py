@@ -80,6 +80,28 @@ def _targets(resolved: Resolved, plan: Plan) -> dict[tuple[str, str], dict]:
     return out
 
 
+def template_report(resolved: Resolved, plan: Plan) -> dict[str, dict]:
+    """Per task with inverted templates or template sources: the planned rows that use an inverted template (an
+    annotation, reported here), and the source of every template a row's (template_type, template_idx) names."""
+    out: dict[str, dict] = {}
+    if len(plan):
+        keys = (plan.leaf.astype(np.int64) * 8 + plan.ttype.astype(np.int64) * 2 + plan.cot) * 65536 + plan.tidx
+        uniq, counts = np.unique(keys, return_counts=True)
+        for key, count in zip(uniq.tolist(), counts.tolist()):
+            leaf, rest, tidx = resolved.leaves[key // 65536 // 8], key // 65536 % 8, key % 65536
+            tmpl = leaf.task.prompts.items(TEMPLATE_TYPES[rest // 2], bool(rest % 2))[tidx]
+            entry = out.setdefault(leaf.task.name, {"planned": 0, "planned_inverted": 0})
+            entry["planned"] += count
+            entry["planned_inverted"] += count if tmpl.spec.inverted else 0
+    report = {}
+    for leaf in resolved.leaves:
+        task, entry = leaf.task, out.get(leaf.task.name, {"planned": 0, "planned_inverted": 0})
+        sources = task.provenance()
+        if task.template_indices(inverted=True) or sources:
+            report[task.name] = {**entry, **({"sources": sources} if sources else {})}
+    return report
+
+
 def make_manifest(resolved: Resolved, spec: MixtureSpec, seed: int, plan: Plan, records: list[dict],
                   counters: dict, build: dict, inputs: dict) -> dict:
     """The manifest of a build. `build` holds the build options (format, messages, rows_per_shard, num_files,
@@ -108,6 +130,9 @@ def make_manifest(resolved: Resolved, spec: MixtureSpec, seed: int, plan: Plan, 
         "shards": sorted(records, key=lambda r: r["index"]),
         "targets": [{"task": t, "template_type": tt, **v} for (t, tt), v in sorted(targets.items())],
     }
+    templates = template_report(resolved, plan)
+    if templates:
+        manifest["templates"] = templates
     summarize(manifest, counters)
     return manifest
 

@@ -34,7 +34,7 @@ def merge(part_dirs: list[str | Path], out_dir: str | Path, *, overwrite: bool =
     first = manifests[0][1]
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
-    with atomic_dir(out_dir, replace=True) as tmp:
+    with atomic_dir(out_dir, replace=overwrite) as tmp:
         counters = {"duplicates": sum(m["size"]["dedup_dropped"] for _, m in manifests),
                     "decontaminated": sum(m["size"]["decontaminated"] for _, m in manifests),
                     "fewshot_dropped": sum(m["size"].get("fewshot_dropped", 0) for _, m in manifests)}

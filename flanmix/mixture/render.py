@@ -112,8 +112,8 @@ class ShardRenderer:
         write_shard(table, self.out / shard_name(index, self.fmt), self.fmt)
         stats = ShardStats.of_table(table, self.tokenizer)
         return {"index": index, "planned": planned_rows(len(self.plan), self.rows_per_shard, index),
-                "keys": keys.tobytes(), "duplicates": duplicates, "decontaminated": decontaminated, "fewshot_dropped": fewshot_dropped,
-                "stats": stats}
+                "keys": keys.tobytes(), "duplicates": duplicates, "decontaminated": decontaminated,
+                "fewshot_dropped": fewshot_dropped, "stats": stats}
 
 
 # The renderer of this pool worker process: set once by `_init_worker` in each forked worker, never in the process

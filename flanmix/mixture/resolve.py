@@ -28,6 +28,7 @@ class Settings:
     inversion: float | None
     randomize_options: bool
     rate: RateSpec
+    inversion_tasks: float | None = None
 
     def merged(self, body: MixtureBody) -> Settings:
         """These settings overridden by what `body` sets (template-type ratios normalized)."""
@@ -38,7 +39,8 @@ class Settings:
         return Settings(tt, self.cot if body.cot is None else body.cot,
                         self.inversion if body.inversion is None else body.inversion,
                         self.randomize_options if body.randomize_options is None else body.randomize_options,
-                        self.rate if body.rate is None else body.rate)
+                        self.rate if body.rate is None else body.rate,
+                        self.inversion_tasks if body.inversion_tasks is None else body.inversion_tasks)
 
 
 DEFAULT_SETTINGS = Settings((0.25, 0.25, 0.25, 0.25), 0.0, None, False, RateSpec())
@@ -72,6 +74,14 @@ def task_rule_rate(n: int, rate: RateSpec) -> float:
     if rate.cap is not None:
         value = min(value, rate.cap)
     return value ** (1.0 / rate.temperature)
+
+
+def inversion_rates(tasks: list[Task], rates: list[float], ratio: float) -> list[float]:
+    """An inversion task selected together with its parent (`inversion_of`) gets `ratio` times the parent's rate
+    (it shares the parent's cap, as FLAN's CoT and dialog inversions do at 0.3 : 1)."""
+    by_name = {task.name: rate for task, rate in zip(tasks, rates)}
+    return [ratio * by_name[t.spec.inversion_of] if t.spec.inversion_of in by_name else r
+            for t, r in zip(tasks, rates)]
 
 
 def effective_template_types(leaf: Leaf) -> tuple[float, ...]:
@@ -178,6 +188,8 @@ class _Resolver:
             if n == 0:
                 raise FlanmixError(f"task {task.name!r} has no training rows", field="components", **at)
             rates.append(task_rule_rate(n, settings.rate))
+        if settings.inversion_tasks is not None:
+            rates = inversion_rates(tasks, rates, settings.inversion_tasks)
         if share != 0:
             total = sum(rates)
             self.leaves.extend(Leaf(label, task, share * r / total, settings) for task, r in zip(tasks, rates))

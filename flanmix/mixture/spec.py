@@ -118,6 +118,9 @@ class MixtureBody(Strict):
     inversion: float | None = Field(
         None, ge=0, description="inverted:normal template ratio (Flan: 0.3); unset = uniform over templates")
     randomize_options: bool | None = None
+    inversion_tasks: float | None = Field(
+        None, ge=0, description="rate of an inversion task (`inversion_of: P`) relative to P's when both are in "
+                                "one component (FLAN mixes its CoT and dialog inversions at 0.3)")
 
     @model_validator(mode="after")
     def _check(self) -> MixtureBody:

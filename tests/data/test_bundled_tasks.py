@@ -12,10 +12,10 @@ from collections import Counter
 import pytest
 
 from flanmix.builtin.classification import CATEGORIES
-from flanmix.registry import Registry, load_task_file
 from flanmix.core.constants import TEMPLATE_TYPES
+from flanmix.options import split_choices
+from flanmix.registry import Registry, load_task_file
 from flanmix.task import Task
-from flanmix.templates import split_choices
 
 CLUSTERS = ("arithmetic", "word_problems", "strings", "lists", "classification", "logic")
 

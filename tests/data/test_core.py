@@ -13,11 +13,17 @@ from pathlib import Path
 import pytest
 
 from flanmix.cli import main
-from flanmix.core.errors import FlanmixError
-from flanmix.registry import Registry, load_task_file, register_task, unregister_task
 from flanmix.core.constants import TEMPLATE_TYPES
-from flanmix.templates import (OPTION_MARKERS, OPTIONS_STARTS, OptionsStyle, format_options,
-                               random_options_style, split_choices)
+from flanmix.core.errors import FlanmixError
+from flanmix.options import (
+    OPTION_MARKERS,
+    OPTIONS_STARTS,
+    OptionsStyle,
+    format_options,
+    random_options_style,
+    split_choices,
+)
+from flanmix.registry import Registry, load_task_file, register_task, unregister_task
 
 TEMPLATES = textwrap.dedent("""\
     zero_shot:
@@ -281,13 +287,15 @@ def test_undefined_variable_at_render_time(tmp_path):
 def test_sandbox_blocks_attribute_access(tmp_path, expression):
     templates = TEMPLATES.replace("Is {{ word }} a fruit?\\n", expression + "\\n")
     spec = write_task(tmp_path, templates=templates)
-    expect_error(spec, "", render=True)
+    err = expect_error(spec, "blocked by the template sandbox", render=True)
+    assert "is unsafe" in str(err) and err.field == "zero_shot[0].input"
 
 
 def test_sandbox_has_no_filesystem_access(tmp_path):
     templates = TEMPLATES.replace("Is {{ word }} a fruit?\\n", "{% include '/etc/passwd' %}\\n")
     spec = write_task(tmp_path, templates=templates)
-    expect_error(spec, "template failed", render=True)
+    err = expect_error(spec, "template failed: TypeError: no loader for this environment", render=True)
+    assert "root:" not in str(err)
 
 
 def test_missing_and_empty_data_file(tmp_path):

@@ -12,12 +12,12 @@ import pytest
 
 from flanmix.cli import main as cli
 from flanmix.core.errors import FlanmixError
+from flanmix.core.yamlio import YamlDoc
 from flanmix.importers import files as files_importer
 from flanmix.importers import flan_cot, import_shared, niv2, promptsource, register, t0, write_registry
 from flanmix.registry import Registry, unregister_task
 from flanmix.task import Example, Task
 from flanmix.templates import make_environment
-from flanmix.core.yamlio import YamlDoc
 
 PASSAGE = "Persian (Farsi) is a member of the Western Iranian group of the Iranian languages."
 # Realistic rows for every dataset the shared promptsource files cover, with the fields the hub dataset has.
@@ -127,7 +127,7 @@ def _key(data: dict) -> str:
     return data["dataset"] + (f"/{data['subset']}" if data.get("subset") else "")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compile_reference(source: str):
     return REFERENCE_ENV.from_string(source)
 
@@ -491,7 +491,7 @@ def shared_registry(shared_data, tmp_path_factory) -> tuple[Path, list[str]]:
     return out, [s.name for s, _ in items]
 
 
-def test_import_shared_writes_a_loadable_registry(shared_registry, shared_data):
+def test_import_shared_writes_a_loadable_registry(shared_registry, shared_data, monkeypatch):
     out, names = shared_registry
     assert len(names) == 72 and len(set(names)) == 72
     registry = Registry.discover([out], bundled=False, env=False, python=False)
@@ -501,6 +501,10 @@ def test_import_shared_writes_a_loadable_registry(shared_registry, shared_data):
     assert not list(out.parent.glob("*.tmp-*")), "staging folder left behind"
     spec_text = (out / "niv2.task1388_cb_entailment.yaml").read_text()
     assert "files: ../" in spec_text and "files: /" not in spec_text  # written relative to the folder
+    # The data lies outside the registry folder: refused until the user allows that folder (docs/security.md).
+    with pytest.raises(FlanmixError, match="outside the task's registry folder"):
+        registry.get("niv2.task1388_cb_entailment").examples("train")
+    monkeypatch.setenv("FLANMIX_ALLOW_PATHS", str(shared_data))
     # Every file-sourced task loads its rows from the shared data and renders (zero-shot, few-shot, CoT).
     for task in registry:
         if task.spec.source.hub:
@@ -561,7 +565,8 @@ def test_cli_promptsource_and_render(shared_data, tmp_path, capsys):
     assert "cannot load hub dataset" in capsys.readouterr().err
 
 
-def test_files_importer(tmp_path, capsys):
+def test_files_importer(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FLANMIX_ALLOW_PATHS", str(tmp_path))  # the data lies beside the registry folder, not in it
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps({"q": f"What is {i} + 1?", "a": str(i + 1)}) + "\n" for i in range(6)))
     out = tmp_path / "reg"
