@@ -190,7 +190,8 @@ def task_examples(tasks: Sequence[str], *, n: int = 200, split: str = "train", s
             if task.name in seen:
                 continue
             seen.add(task.name)
-            indices = task.template_indices(cot=False, inverted=False) or task.template_indices(cot=False)
+            indices = (task.template_indices(cot=False, inverted=False, template_type=template_type)
+                       or task.template_indices(cot=False, template_type=template_type))
             for k, example in enumerate(task.examples(split)[:n]):
                 row = task.render(example, template_type=template_type, template_idx=indices[k % len(indices)],
                                   seed=seed, split=split)

@@ -114,3 +114,18 @@ def test_prefs_generate_cli(tmp_path, capsys):
     bad.write_text('{"prompt": "p", "chosen": "a", "rejected": "a"}\n')
     with pytest.raises(FlanmixError, match=r"bad.jsonl:1.*identical"):
         load_preferences(bad)
+
+
+def test_task_examples_take_template_indices_of_the_variant_they_render(tmp_path):
+    """A set whose few-shot pattern list is shorter than its zero-shot list: fs rows cycle over the patterns."""
+    from flanmix.preferences.generate import task_examples
+    from helpers import write_task
+
+    path = write_task(tmp_path, "fsq", "alpha", 40, cot=False, extra="few_shot_k: 1")
+    text = path.read_text().replace(
+        "templates:\n  zero_shot:",
+        "templates:\n  few_shot_patterns:\n    - {input: \"sum {{ question }}\", target: \"{{ answer }}\"}\n  zero_shot:")
+    path.write_text(text)
+    rows = task_examples(["fsq"], n=6, template_type="fs_noopt", extra_dirs=[str(tmp_path)])
+    assert len(rows) == 6
+    assert all("sum " in inputs for inputs, _ in rows)
