@@ -87,7 +87,7 @@ def _plan_leaf(leaf: Leaf, count: int, seed: int, replacement: bool, notes: dict
         example = np.concatenate([rng.permutation(n) for _ in range(passes)])[:count]
     ttype = np.repeat(np.arange(4, dtype=np.int8), largest_remainder(count, np.array(leaf.settings.template_types)))
     rng.shuffle(ttype)
-    if not task.has_options:
+    if not task.has_opt_variants:
         _move(ttype, ((0, 1), (2, 3)), "no options", notes)
     if n < 2:
         _move(ttype, ((2, 0), (3, 1)), "too few rows", notes)

@@ -88,7 +88,7 @@ def effective_template_types(leaf: Leaf) -> tuple[float, ...]:
     """A leaf's template-type shares after the fallbacks (no options: opt -> noopt; < 2 rows or no few-shot
     templates: fs -> zs)."""
     zs_opt, zs_noopt, fs_opt, fs_noopt = leaf.settings.template_types
-    if not leaf.task.has_options:
+    if not leaf.task.has_opt_variants:
         zs_opt, zs_noopt, fs_opt, fs_noopt = 0.0, zs_opt + zs_noopt, 0.0, fs_opt + fs_noopt
     task = leaf.task
     no_few_shot = task.num_templates(cot=False) > 0 and task.num_templates(template_type="fs_noopt") == 0
