@@ -5,17 +5,22 @@ from __future__ import annotations
 import random
 
 from flanmix.core.constants import TEMPLATE_TYPES
-from flanmix.registry import Registry
+from flanmix.core.errors import FlanmixError
+from flanmix.registry import Registry, in_flan_catalog
 
 
 def bundled_corpus(max_rows: int = 20000, seed: int = 0, extra_dirs: tuple = ()) -> list[str]:
-    """Rendered inputs and targets of every registered task, round-robin over tasks, templates and variants."""
+    """Rendered inputs and targets of every registered task outside the FLAN catalog, round-robin over tasks,
+    templates and variants."""
     rng = random.Random(seed)
-    tasks = list(Registry.discover(extra_dirs))
+    tasks = [task for task in Registry.discover(extra_dirs) if not in_flan_catalog(task)]
     texts: list[str] = []
     per_task = max(1, max_rows // max(1, len(tasks)))
     for task in tasks:
-        examples = task.examples("train")
+        try:
+            examples = task.examples("train")
+        except FlanmixError:  # a hub-sourced task without a network or a cached copy: nothing to draw from
+            continue
         if not examples:
             continue
         for n in range(per_task):

@@ -27,7 +27,8 @@ ENV_VAR = "FLANMIX_REGISTRY"
 _PYTHON_TASKS: dict[str, Task] = {}
 
 
-def _template_lines(doc: YamlDoc, prefix: tuple = ()) -> dict[tuple, int]:
+def template_part_lines(doc: YamlDoc, prefix: tuple = ()) -> dict[tuple, int]:
+    """The line of every template part (input, target, options, input_pattern) of the set at `prefix` in `doc`."""
     lines: dict[tuple, int] = {}
     data = doc.data
     for key in prefix:
@@ -46,6 +47,9 @@ def _template_lines(doc: YamlDoc, prefix: tuple = ()) -> dict[tuple, int]:
 
 def _find_template_file(ref: str, spec_file: Path, registry_root: Path | None,
                         other_roots: Iterable[Path] = ()) -> Path:
+    if Path(ref).is_absolute() or ".." in Path(ref).parts:  # a shared spec must not read any YAML file it likes
+        raise FlanmixError(f"template set {ref!r} is not a name inside a templates/ folder", file=spec_file,
+                           field="templates", expected="a reference such as flan/rte (no absolute path, no '..')")
     candidates = []
     names = [ref] if ref.endswith((".yaml", ".yml")) else [ref + ".yaml", ref + ".yml"]
     for name in names:
@@ -61,13 +65,14 @@ def _find_template_file(ref: str, spec_file: Path, registry_root: Path | None,
                        expected=f"a file such as {candidates[0]} or templates/{names[0]}")
 
 
-def read_template_set(path: Path) -> tuple[TemplateSet, dict[tuple, int]]:
-    """Parse and validate one template-set file; also the line of every template part (for errors)."""
-    doc = YamlDoc.read(path)
+def read_template_set(path: Path, text: str | None = None) -> tuple[TemplateSet, dict[tuple, int]]:
+    """Parse and validate one template-set file (or `text` as if it were that file's content); also the line of
+    every template part (for errors)."""
+    doc = YamlDoc.read(path) if text is None else YamlDoc(path, text)
     if not isinstance(doc.data, dict):
         raise FlanmixError("a template set must be a YAML mapping", file=path, line=1,
                            expected="keys zero_shot, cot, few_shot")
-    return doc.validate(TemplateSet), _template_lines(doc)
+    return doc.validate(TemplateSet), template_part_lines(doc)
 
 
 def find_template_set(ref: str, extra_dirs: Iterable[Path | str] = (), *, env: bool = True) -> Path:
@@ -87,7 +92,8 @@ def find_template_set(ref: str, extra_dirs: Iterable[Path | str] = (), *, env: b
                        expected=f"a file {names[0]} under one of {', '.join(map(str, folders))}")
 
 
-def load_task_file(path: Path | str, registry_root: Path | None = None, other_roots: Iterable[Path] = ()) -> Task:
+def load_task_file(path: Path | str, registry_root: Path | None = None, other_roots: Iterable[Path] = (), *,
+                   compile_templates: bool = True, template_cache: dict[Path, tuple] | None = None) -> Task:
     """Parse, validate and compile one task spec file (and its template set).
 
     `templates: REF` is looked up in `registry_root/templates/`, next to the spec, in the `templates/` of
@@ -101,12 +107,15 @@ def load_task_file(path: Path | str, registry_root: Path | None = None, other_ro
     spec_lines = {name: doc.line_of(["fields", name]) for name in spec.fields}
     if isinstance(spec.templates, TemplateSet):
         templates, template_file = spec.templates, path
-        template_lines = _template_lines(doc, ("templates",))
+        template_lines = template_part_lines(doc, ("templates",))
     else:
         template_file = _find_template_file(spec.templates, path, registry_root, other_roots)
-        templates, template_lines = read_template_set(template_file)
+        cache = {} if template_cache is None else template_cache  # one read per file in a discovery
+        if template_file not in cache:
+            cache[template_file] = read_template_set(template_file)
+        templates, template_lines = cache[template_file]
     return Task(spec, templates, spec_file=path, template_file=template_file, template_lines=template_lines,
-                spec_lines=spec_lines, data_root=registry_root)
+                spec_lines=spec_lines, data_root=registry_root, compile_templates=compile_templates)
 
 
 def spec_files(root: Path) -> Iterator[Path]:
@@ -171,6 +180,7 @@ class Registry:
         roots.extend(Path(p) for p in extra_dirs)
         registry = cls([])
         seen: set[Path] = set()
+        template_cache: dict[Path, tuple] = {}  # many bundled FLAN tasks share one template set
         for root in roots:
             if not root.is_dir():
                 raise FlanmixError("registry folder not found", file=root, expected="an existing folder")
@@ -179,7 +189,10 @@ class Registry:
                 if real in seen:
                     continue
                 seen.add(real)
-                registry.add(load_task_file(path, registry_root=root, other_roots=roots))
+                # Bundled tasks compile their templates on first use (tests compile every one of them).
+                registry.add(load_task_file(path, registry_root=root, other_roots=roots,
+                                            compile_templates=root != roots[0] or not bundled,
+                                            template_cache=template_cache))
         if python:
             for task in _PYTHON_TASKS.values():
                 registry.add(task)
@@ -234,6 +247,15 @@ class Registry:
                 raise FlanmixError(f"no task matches {pattern!r}", field="tasks", expected="a matching glob")
             return found
         return [self.get(pattern)]
+
+
+def in_flan_catalog(task: Task) -> bool:
+    """Whether a task is one of the bundled FLAN collection specs (`task_registry/flan/`). They read hub data or
+    large shared files, so ablation pools and the tokenizer corpus take them only when named."""
+    if task.spec_file is None:
+        return False
+    catalog = (bundled_dir("task_registry") / "flan").resolve()
+    return Path(task.spec_file).resolve().is_relative_to(catalog)
 
 
 def load_registry(extra_dirs: Iterable[Path | str] = ()) -> Registry:

@@ -21,7 +21,7 @@ from typing import Any
 
 from flanmix.core.atomic import write_text
 from flanmix.core.errors import FlanmixError
-from flanmix.registry import Registry
+from flanmix.registry import Registry, in_flan_catalog
 from flanmix.study.ablation.spec import AblationSpec, ModelEntry, load_spec
 from flanmix.study.eval import EvalSet, build_eval_sets
 
@@ -183,7 +183,9 @@ def _pool_and_held_out(spec: AblationSpec, registry: Registry,
                    "held_out")
     held_clusters = set(spec.held_out.clusters) | set(held.values())
     if spec.pool is None:
-        pool = {t.name: t.cluster for t in registry if t.cluster not in held_clusters and t.name not in held}
+        # The FLAN catalog (hub data) joins a pool only when `pool:` names it (e.g. "collection:Flan2021").
+        pool = {t.name: t.cluster for t in registry
+                if t.cluster not in held_clusters and t.name not in held and not in_flan_catalog(t)}
     else:
         pool = _select(registry, spec.pool, "pool")
         # Flan's handle_overlap='error': a held-out cluster must be untouched by every training subset.
@@ -259,12 +261,37 @@ def eval_identity(settings: Any) -> dict:
     return {k: v for k, v in settings.model_dump().items() if k in _HASHED_EVAL_KEYS or k in changed}
 
 
+def model_facts(plan: Plan, cell: Cell) -> dict:
+    """What the results record about a cell's model besides its size: its architecture (`model_type`, from the
+    ladder's arch or the folder's config.json) and whether the cell trains a LoRA adapter (a `peft:` block in
+    `train:` or in the preference stage's config)."""
+    m = plan.models[cell.model]
+    mtype: str | None = m.arch
+    if m.path is not None:
+        path = Path(m.path)
+        if not path.is_absolute() and plan.spec_file is not None:
+            path = plan.spec_file.parent / path
+        try:
+            mtype = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError):
+            mtype = None
+    pref = plan.spec.preference
+    lora = cell.count > 0 and bool(plan.spec.train.get("peft") or (pref is not None and pref.config.get("peft")))
+    return {"model_type": mtype, "lora": lora}
+
+
+def model_identity(m: ModelEntry) -> dict:
+    """A model entry as it enters the cell hash: `arch` only when it is not the original ladder's llama, so cells
+    finished before archs existed keep their hashes."""
+    return m.model_dump(exclude={"arch"} if m.arch == "llama" else None)
+
+
 def cell_config(plan: Plan, cell: Cell) -> dict:
     """Everything that determines a cell's result (its hash decides whether a stored result is reused)."""
     spec = plan.spec
     m = plan.models[cell.model]
     return {"cell": {k: v for k, v in asdict(cell).items() if k != "hash"},
-            "model": m.model_dump(), "vocab_size": spec.vocab_size, "budget": spec.budget.model_dump(),
+            "model": model_identity(m), "vocab_size": spec.vocab_size, "budget": spec.budget.model_dump(),
             "mixture": spec.mixture, "train": spec.train,
             "preference": spec.preference.model_dump() if spec.preference else None,
             "eval": eval_identity(spec.eval), "held_out": sorted(plan.held_out)}
