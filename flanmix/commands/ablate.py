@@ -8,6 +8,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+from flanmix.commands.tasks import add_allow_path_option
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,8 +29,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch CPU threads (overrides the spec; 1 is fastest when other jobs share the cores)")
     p.add_argument("--jobs", type=int, metavar="N", help="cells run at once (overrides the spec)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="run cells as local processes (default) or as Ray tasks with the spec's resources "
+                        "(docs/scale-out.md)")
+    p.add_argument("--address", metavar="ADDR",
+                   help="with --engine ray: the cluster (HOST:6379, ray://HOST:10001, auto; default: RAY_ADDRESS, "
+                        "else a local cluster)")
     p.add_argument("--dry-run", action="store_true", help="plan and check the grid (incl. budgets), train nothing")
     p.add_argument("--report", action="store_true", help="only rewrite results tables and plots")
+    add_allow_path_option(p)
     p.set_defaults(func=_run)
 
 
@@ -39,7 +49,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{args.out}/results.md: {len(rows)} complete cells")
         return 0
     result = ablation.run(args.spec, args.out, registry_dirs=args.registry, only=args.only, dry_run=args.dry_run,
-                          threads=args.threads, jobs=args.jobs)
+                          threads=args.threads, jobs=args.jobs, engine=args.engine, address=args.address)
     if not args.dry_run:
         print((result["plan"].out / "results.md").read_text(encoding="utf-8"))
+    if result["failed"]:
+        print(f"flanmix: {len(result['failed'])} cell(s) failed: {', '.join(result['failed'])}; rerun to retry "
+              "them", file=sys.stderr)
+        return 1
     return 0

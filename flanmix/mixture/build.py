@@ -28,6 +28,7 @@ from flanmix.registry import Registry
 from flanmix.writer import (
     FORMATS,
     check_out_dir,
+    check_plan_fits,
     file_sha256,
     load_tokenizer,
     read_shard,
@@ -86,6 +87,7 @@ def _build(runner: LocalEngine | RayEngine, spec: MixtureSpec | dict | str | Pat
                        "ngram": spec.decontaminate.ngram if spec.decontaminate else 13, "tokenizer": tokenizer,
                        "count_tokens": TokenCounter(load_tokenizer(fewshot_tokenizer)) if fewshot_tokenizer else None}
     total, replacement = _row_count(spec, render_settings)
+    check_plan_fits(total, out_dir, **where(doc, ["size"]))
     plan = make_plan(resolved.leaves, total, seed, replacement)
     num_files = max(1, -(-len(plan) // rows_per_shard))
     mine = list(part_range(num_files, num_shards, shard_index))

@@ -3,12 +3,13 @@
 The driver resolves the mixture and makes the plan once, as for a local build. Rendering runs in `ShardWorker`
 actors (one per cluster CPU, spread over the nodes): each loads the mixture's tasks once — resolving the same spec
 from the same registry and data files, as every machine of a `--num-shards` build does — and checks that what it
-loaded matches the driver's (a fingerprint of leaves and input hashes). Each shard is one actor task: the worker
-renders plan chunk `index` with the same `ShardRenderer` a local build uses, into a node-local temporary file, and
-returns the file's bytes with its dedup keys and statistics through Ray's object store. The driver writes the bytes
-into its temporary output folder, in shard order, drops duplicates across shards and writes the manifest exactly as
-a local build does, then renames the folder into place. So the outputs need no shared storage; the inputs must be
-at the same paths on every node.
+loaded matches the driver's (a fingerprint of leaves and input hashes); it also hashes the decontamination n-grams
+itself (`flanmix.mixture.decontaminate`: string hashes differ between processes). Each shard is one actor task: the
+worker renders plan chunk `index` with the same `ShardRenderer` a local build uses, into a node-local temporary
+file, and returns the file's bytes with its dedup keys and statistics through Ray's object store. The driver writes
+the bytes into its temporary output folder, in shard order, drops duplicates across shards and writes the manifest
+exactly as a local build does, then renames the folder into place. So the outputs need no shared storage; the
+inputs must be at the same paths on every node.
 
 A worker process that dies (killed, OOM, node lost) is restarted by Ray, which re-runs the shard it was rendering
 (`RETRIES` times); a shard's bytes depend only on the plan, so a retried shard is the same shard. Errors in the data

@@ -1,0 +1,166 @@
+"""`flanmix build --engine ray`: byte-identical to a local build, a killed worker is retried, bad input is one line.
+
+The tests share one local 2-CPU Ray cluster per session (`ray_cluster` in conftest.py) and skip without Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from flanmix.core.errors import FlanmixError
+from flanmix.mixture import build
+from helpers import write_task
+
+pytest.importorskip("ray")
+
+SPEC = {
+    "seed": 5, "size": {"examples": 2400}, "rate": {"by": "examples", "cap": 400}, "cot": 0.4, "inversion": 0.3,
+    "randomize_options": True, "replacement": True,  # with replacement: duplicates across shards for dedup to drop
+    "components": [{"cluster": "alpha", "weight": 0.5},
+                   {"mixture": {"components": [{"tasks": ["t1", "t3"]}, {"task": "t5"}],
+                                "template_types": {"zs_noopt": 1, "fs_noopt": 1}}, "weight": 0.5}],
+}
+
+
+@pytest.fixture(scope="module")
+def registry_dir(tmp_path_factory) -> Path:
+    """Six tasks t0..t5 in clusters alpha/beta from a bundled generator (a generator registered in this process
+    would not exist on the Ray workers)."""
+    root = tmp_path_factory.mktemp("ray-reg")
+    for i in range(6):
+        write_task(root, f"t{i}", ["alpha", "beta"][i % 2], 100 * (i + 1), options=i != 0, cot=i != 1,
+                   generator="arithmetic.add")
+    return root
+
+
+def _build(registry_dir: Path, out: Path, spec=SPEC, **kw):
+    kw.setdefault("rows_per_shard", 300)
+    return build(spec, out, registry_dirs=[registry_dir], progress=False, **kw)
+
+
+def _same_build(a: Path, b: Path) -> None:
+    """Equal shard files, and manifests equal except `build.engine` (which engine rendered them)."""
+    files_a, files_b = sorted(p.name for p in a.iterdir()), sorted(p.name for p in b.iterdir())
+    assert files_a == files_b
+    for name in files_a:
+        if name != "manifest.json":
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
+    assert {ma["build"].pop("engine"), mb["build"].pop("engine")} == {"local", "ray"}
+    assert ma == mb
+
+
+def test_ray_build_is_byte_identical_to_local(ray_cluster, registry_dir, tmp_path):
+    # decontamination n-grams (here: t4's validation rows' words) travel to the workers with the plan
+    spec = dict(SPEC, decontaminate={"tasks": ["t4"], "ngram": 3})
+    local = _build(registry_dir, tmp_path / "local", spec=spec, messages=True)
+    ray = _build(registry_dir, tmp_path / "ray", spec=spec, messages=True, engine="ray")
+    assert len(ray["shards"]) == 8 and ray["size"]["dedup_dropped"] > 0 and ray["size"]["decontaminated"] > 0
+    assert ray["build"]["engine"] == "ray" and local["build"]["engine"] == "local"
+    _same_build(tmp_path / "local", tmp_path / "ray")
+    # a part of a --num-shards build, as JSON lines
+    for engine in ("local", "ray"):
+        _build(registry_dir, tmp_path / f"part-{engine}", fmt="jsonl", num_shards=3, shard_index=1, engine=engine)
+    _same_build(tmp_path / "part-local", tmp_path / "part-ray")
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def _kill_first_renderer(stop: threading.Event, killed: list[int]) -> None:
+    """SIGKILL the first Ray worker process seen rendering a shard (Ray titles it `ray::ShardWorker.render`)."""
+    while not stop.is_set() and not killed:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if title.startswith(b"ray::ShardWorker.render"):
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+                return
+        time.sleep(0.005)
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the worker process through /proc")
+def test_a_killed_worker_is_retried_and_the_build_is_unchanged(ray_cluster, registry_dir, tmp_path):
+    spec = dict(SPEC, size={"examples": 6000})
+    _build(registry_dir, tmp_path / "local", spec=spec, rows_per_shard=750)
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_first_renderer, args=(stop, killed))
+    killer.start()
+    try:
+        _build(registry_dir, tmp_path / "ray", spec=spec, rows_per_shard=750, engine="ray")
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no worker was seen rendering"
+    _same_build(tmp_path / "local", tmp_path / "ray")
+
+
+def test_errors_on_workers_are_one_line_and_leave_nothing(ray_cluster, registry_dir, tmp_path):
+    bad = tmp_path / "bad-reg"
+    bad.mkdir()
+    write_task(bad, "broken", "gamma", 50, generator="arithmetic.add")
+    text = (bad / "broken.yaml").read_text().replace("compute {{ question }}", "compute {{ question.nope }}")
+    (bad / "broken.yaml").write_text(text)
+    spec = {"seed": 1, "size": {"examples": 200}, "components": [{"task": "broken"}]}
+    with pytest.raises(FlanmixError, match=r"task 'broken', row .*undefined"):
+        build(spec, tmp_path / "out", registry_dirs=[bad], progress=False, engine="ray")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.tmp-*"))
+    # a registry object cannot be re-created on the workers; Python-registered tasks are not seen there
+    from flanmix.registry import Registry, register_task, unregister_task
+
+    with pytest.raises(FlanmixError, match="registry_dirs"):
+        build(SPEC, tmp_path / "o2", registry=Registry.discover([registry_dir]), engine="ray", progress=False)
+    register_task({"name": "pytask", "cluster": "py", "source": {"builtin": "arithmetic.add", "examples": 20},
+                   "fields": {"question": "{{ a }} + {{ b }}", "answer": "{{ a + b }}"},
+                   "templates": {"zero_shot": [{"input": "{{ question }}", "target": "{{ answer }}"}]}})
+    try:
+        with pytest.raises(FlanmixError, match="pytask.*registered from Python"):
+            build({"seed": 1, "size": {"examples": 20}, "components": [{"task": "pytask"}]}, tmp_path / "o3",
+                  engine="ray", progress=False)
+    finally:
+        unregister_task("pytask")
+    with pytest.raises(FlanmixError, match="--address is only used with --engine ray"):
+        build(SPEC, tmp_path / "o4", address="127.0.0.1:1", progress=False)
+    assert not any(tmp_path.glob("o*"))
+
+
+def test_ray_missing_is_one_line(monkeypatch, tmp_path, capsys):
+    from flanmix.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if it were not installed
+    code = main(["build", "demo", "--out", str(tmp_path / "out"), "--engine", "ray"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0
+    assert "needs Ray, which is not installed" in err and "pip install 'flanmix[ray]'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_address_fails_fast_from_the_cli(tmp_path):
+    """In a fresh process (the test session's cluster would be reused): nothing listens at the address."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "flanmix", "build", "demo", "--out", str(tmp_path / "out"),
+                           "--engine", "ray", "--address", "127.0.0.1:9"], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "cannot reach a Ray cluster at 127.0.0.1:9" in proc.stderr
+    assert "ray start --head" in proc.stderr and "Traceback" not in proc.stderr
+    assert time.perf_counter() - start < 30 and not (tmp_path / "out").exists()
+
+
+def test_local_builds_never_import_ray(registry_dir, tmp_path):
+    code = (f"import sys, flanmix, flanmix.cli, flanmix.mixture\n"
+            f"from flanmix.mixture import build\n"
+            f"build({SPEC!r}, {str(tmp_path / 'out')!r}, registry_dirs=[{str(registry_dir)!r}], num_proc=2,"
+            f" rows_per_shard=600, progress=False)\n"
+            f"assert 'ray' not in sys.modules, 'ray imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
