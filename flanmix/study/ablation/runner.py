@@ -25,7 +25,17 @@ from flanmix.core.errors import FlanmixError
 from flanmix.corpus import bundled_corpus
 from flanmix.study.ablation.budget import check_budget
 from flanmix.study.ablation.cell import Context, run_cell
-from flanmix.study.ablation.grid import Cell, Plan, load_plan, make_plan, read_result, start_cell_dir, write_record
+from flanmix.study.ablation.grid import (
+    Cell,
+    Plan,
+    load_plan,
+    make_plan,
+    model_facts,
+    read_result,
+    start_cell_dir,
+    write_record,
+)
+from flanmix.study.ablation.ray_runner import check_resources, cluster_for, run_on_ray
 from flanmix.study.ablation.report import write_reports
 from flanmix.study.ablation.spec import AblationSpec
 from trainers.init_model import init_model
@@ -43,14 +53,15 @@ def stderr_log(message: str) -> None:
 def run(spec: AblationSpec | str | Path, out: str | Path, *, runner: Runner | None = None,
         registry_dirs: Sequence[str] = (), only: str | None = None, dry_run: bool = False,
         prepare: bool | None = None, threads: int | None = None, jobs: int | None = None,
-        log: Log = stderr_log) -> dict:
-    """Run (or resume) an ablation grid into `out`; returns {"plan", "rows", "ran", "skipped"}.
+        log: Log = stderr_log, engine: str = "local", address: str | None = None) -> dict:
+    """Run (or resume) an ablation grid into `out`; returns {"plan", "rows", "ran", "skipped", "failed"}.
 
     `runner` defaults to `run_cell` (real mixture build, SFT, eval). `only` is a glob over cell ids. With
     `dry_run` the plan and guards run but no cell. `prepare` (default: only with the real runner) creates the
     ladder models and runs the token-based budget guard. `threads` (default: the spec's) sets torch's CPU threads
     for the run (restored afterwards); `jobs` (default: the spec's) runs that many cells at once in worker processes
-    (real runner only).
+    (real runner only). `engine="ray"` runs each cell as a Ray task with the spec's `resources` on the cluster at
+    `address` (else a local one); there a failed cell is recorded and the others go on (`ray_runner`).
     """
     plan = load_plan(spec, out, registry_dirs=registry_dirs)
     spec = plan.spec
@@ -64,7 +75,9 @@ def run(spec: AblationSpec | str | Path, out: str | Path, *, runner: Runner | No
         f"{len(set(plan.pool.values()))} clusters; held out {len(plan.held_out)} tasks in "
         f"{len(set(plan.held_out.values()))} clusters ({', '.join(sorted(set(plan.held_out.values())))})")
     plan.out.mkdir(parents=True, exist_ok=True)
-    with _torch_threads((threads or spec.threads) if real else None):
+    with _torch_threads((threads or spec.threads) if real else None), cluster_for(engine, address) as cluster:
+        if cluster is not None:
+            check_resources(cluster, plan, cells)
         model_dirs, needs = _prepare(plan, log) if prepare else ({}, {})
         write_record(plan.out / "plan.json", {
             "spec": spec.model_dump(mode="json"), "spec_file": str(plan.spec_file) if plan.spec_file else None,
@@ -75,14 +88,19 @@ def run(spec: AblationSpec | str | Path, out: str | Path, *, runner: Runner | No
                 n = needs.get(c.id)
                 extra = f"; ~{n['rows']} rows, ~{n['tokens']:,} tokens of {n['supply_rows']} rows" if n else ""
                 log(f"  {c.id}: {len(c.tasks)} tasks{extra}")
-            return {"plan": plan, "rows": [], "ran": [], "skipped": []}
+            return {"plan": plan, "rows": [], "ran": [], "skipped": [], "failed": []}
         skipped = [c.id for c in cells if read_result(plan, c) is not None]
         todo = [c for c in cells if c.id not in skipped]
         progress = _Progress(plan, len(todo), log)
         jobs = max(1, jobs or spec.jobs)
-        if jobs > 1 and real and len(todo) > 1:
-            worker = _WorkerArgs(spec.model_dump(mode="json"), str(plan.spec_file) if plan.spec_file else None,
-                                 str(plan.out), list(registry_dirs))
+        failed: list[str] = []
+        if cluster is not None:
+            # Defaults left out: they come back on validation (a dumped `arch: llama` would not validate with `path`).
+            worker = _worker_args(plan, registry_dirs)
+            failed = run_on_ray(cluster, plan, todo, worker, model_dirs, needs, progress.finish,
+                                threads=threads or spec.threads, runner=runner, log=log)
+        elif jobs > 1 and real and len(todo) > 1:
+            worker = _worker_args(plan, registry_dirs)
             _run_parallel(plan, todo, worker, model_dirs, needs, progress, jobs=jobs,
                           threads=threads or spec.threads or 1)
         else:
@@ -97,7 +115,7 @@ def run(spec: AblationSpec | str | Path, out: str | Path, *, runner: Runner | No
         log(f"skipped {len(skipped)} complete cell(s)")
     rows = write_reports(plan)
     log(f"results in {plan.out}/results.md ({len(rows)} cells)")
-    return {"plan": plan, "rows": rows, "ran": progress.ran, "skipped": skipped}
+    return {"plan": plan, "rows": rows, "ran": progress.ran, "skipped": skipped, "failed": failed}
 
 
 @contextlib.contextmanager
@@ -121,7 +139,8 @@ def _prepare(plan: Plan, log: Log) -> tuple[dict[tuple[str, int], Path], dict[st
 
 def prepare_models(plan: Plan, *, log: Log = stderr_log) -> dict[tuple[str, int], Path]:
     """(model name, seed) -> initial model folder. Ladder sizes are created once per seed under `models/` (the
-    seed sets the random init; the tokenizer is trained on the bundled task text and is the same for all)."""
+    seed sets the random init; the tokenizer is trained on the bundled task text and is the same for all rungs of
+    an arch)."""
     out: dict[tuple[str, int], Path] = {}
     corpus = None
     seeds = sorted({c.seed for c in plan.cells})
@@ -136,12 +155,13 @@ def prepare_models(plan: Plan, *, log: Log = stderr_log) -> dict[tuple[str, int]
                                        field=f"models.{m.name}.path", expected="a local transformers model folder")
                 out[(m.name, seed)] = path
                 continue
-            path = plan.out / "models" / f"{m.size}-v{plan.spec.vocab_size}-s{seed}"
+            rung = m.size if m.arch == "llama" else f"{m.arch}-{m.size}"
+            path = plan.out / "models" / f"{rung}-v{plan.spec.vocab_size}-s{seed}"
             if not (path / "config.json").is_file():
                 if corpus is None:
                     corpus = bundled_corpus(extra_dirs=tuple(plan.registry_dirs))
                 info = init_model(m.size, path, vocab_size=plan.spec.vocab_size, texts=corpus, seed=seed,
-                                  overwrite=True)
+                                  overwrite=True, arch=m.arch)
                 log(f"init {m.name}: {info['params']:,} params -> {path}")
             out[(m.name, seed)] = path
     return out
@@ -165,7 +185,8 @@ class _Progress:
         result = {"cell": cell.id, "cell_hash": cell.hash, "seed": cell.seed, "axis": spec.axis,
                   "count": cell.count, "n_tasks": len(cell.tasks), "model": cell.model,
                   "templates_per_task": cell.templates, "cot_share": cell.cot, "subset_seed": cell.subset_seed,
-                  "tasks": cell.tasks, "clusters": cell.clusters, **metrics, "seconds": round(seconds, 2)}
+                  "tasks": cell.tasks, "clusters": cell.clusters, **model_facts(self.plan, cell), **metrics,
+                  "seconds": round(seconds, 2)}
         write_record(self.plan.cell_dir(cell) / "result.json", result)
         self.ran.append(cell.id)
         self.log(f"done {cell.id} ({len(self.ran)}/{self.total}): held-out {_f(result.get('heldout_score'))}, seen "
@@ -191,6 +212,13 @@ class _WorkerArgs:
     def plan(self) -> Plan:
         return make_plan(AblationSpec.model_validate(self.spec), self.out, spec_file=self.spec_file,
                          registry_dirs=self.registry_dirs)
+
+
+def _worker_args(plan: Plan, registry_dirs: Sequence[str]) -> _WorkerArgs:
+    """What a worker needs to rebuild `plan`. Defaults are left out of the spec: a default that another field rules
+    out (a model's `arch` next to its `path`) must not come back as if the user had written it."""
+    return _WorkerArgs(plan.spec.model_dump(mode="json", exclude_defaults=True),
+                       str(plan.spec_file) if plan.spec_file else None, str(plan.out), list(registry_dirs))
 
 
 def _run_parallel(plan: Plan, todo: list[Cell], worker: _WorkerArgs, model_dirs: dict[tuple[str, int], Path],
