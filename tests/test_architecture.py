@@ -41,7 +41,7 @@ def layer_of(module: str) -> str:
         return "core"
     if module.startswith("flanmix.study"):
         return "study"
-    if module in ("flanmix.cli", "flanmix.__main__") or module.startswith("flanmix.commands"):
+    if module in ("flanmix.cli", "flanmix.__main__") or module.startswith(("flanmix.commands", "flanmix.studio")):
         return "cli"
     if module.startswith("trainers"):
         return "train"
