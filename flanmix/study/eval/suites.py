@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 
 from flanmix.core.constants import TARGET_DELIMITER, TEMPLATE_TYPES
 from flanmix.core.errors import FlanmixError
-from flanmix.registry import Registry
+from flanmix.registry import Registry, in_flan_catalog
 from flanmix.study.eval.benchmarks import bbh_eval_sets, bigbench_eval_sets, mmlu_eval_sets
 from flanmix.study.eval.items import FEWSHOT_STOP, EvalItem, EvalSet
 from flanmix.study.eval.metrics import normalize
@@ -119,6 +119,8 @@ def build_eval_sets(specs: Sequence[str], options: EvalOptions | None = None) ->
             if registry is None:
                 registry = Registry.discover(o.registry_dirs)
             tasks = registry.select(spec)
+            if any(c in spec for c in "*?["):  # a glob means "the tasks at hand": the FLAN catalog needs naming
+                tasks = [t for t in tasks if not in_flan_catalog(t)]
             if not tasks:
                 raise FlanmixError(f"no task matches {spec!r}", field="tasks")
             add(task_eval_set(t, split="validation" if o.split == "test" else o.split, variant=o.variant,
