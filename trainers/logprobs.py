@@ -4,12 +4,20 @@ Convention used everywhere in this module: a batch is right-padded `input_ids [N
 `loss_mask` that is 1 on completion tokens (EOS included) and 0 on prompt and padding. The log-prob of token `t`
 is read from the logits at position `t - 1`, so every per-token tensor returned here has length `T - 1` and is
 aligned with `loss_mask[:, 1:]`.
+
+An encoder-decoder model (T5) reads the same batches: `sequence_logprobs` hands them to
+`trainers.seq2seq.completion_logprobs`, which gives the prompt to the encoder and scores the completion with the
+decoder, so DPO and RRHF work on the decoder's sequence log-probs without a layout of their own.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from trainers import seq2seq
+from trainers.adapters import backbone
+from trainers.models import is_encoder_decoder
 
 
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -70,8 +78,12 @@ def completion_logprobs(
 def sequence_logprobs(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor, average: bool = False
 ) -> torch.Tensor:
-    """log π(completion | prompt) per sequence: the sum over completion tokens, or the per-token mean."""
-    logps, mask = completion_logprobs(model, input_ids, attention_mask, loss_mask)
+    """log π(completion | prompt) per sequence: the sum over completion tokens, or the per-token mean (an
+    encoder-decoder: the decoder's log-probs of the completion given the prompt in the encoder)."""
+    if is_encoder_decoder(model):
+        logps, mask = seq2seq.completion_logprobs(model, input_ids, attention_mask, loss_mask)
+    else:
+        logps, mask = completion_logprobs(model, input_ids, attention_mask, loss_mask)
     total = logps.sum(-1)
     if average:
         return total / mask.sum(-1).clamp(min=1.0)
@@ -106,8 +118,8 @@ def shared_hidden(model, batch: dict) -> torch.Tensor:
             dtype = torch.get_autocast_dtype(mask.device.type) if torch.is_autocast_enabled(mask.device.type) \
                 else next(model.parameters()).dtype
             mask = mask.to(dtype).clamp(min=torch.finfo(dtype).min)
-    return model.base_model(input_ids=batch["input_ids"], attention_mask=mask,
-                            position_ids=batch["position_ids"], use_cache=False).last_hidden_state
+    return backbone(model)(input_ids=batch["input_ids"], attention_mask=mask,
+                           position_ids=batch["position_ids"], use_cache=False).last_hidden_state
 
 
 def shared_sequence_logprobs(model, batch: dict, average: bool = False) -> torch.Tensor:

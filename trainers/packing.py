@@ -12,6 +12,8 @@ Documents must not see each other:
     first token): with shifted labels this is "the first label of each document is masked".
   * for models that do not read packing from position_ids, `collate_packed(..., mask="4d")` also returns an
     explicit additive 4D block-diagonal causal mask.
+The SFT stage checks the model with `keeps_documents_apart` before it packs (position_ids, else the 4D mask, else
+no packing, with a note); encoder-decoder models are never packed.
 """
 
 from __future__ import annotations
@@ -125,3 +127,31 @@ def block_diagonal_mask(position_ids: torch.Tensor, dtype: torch.dtype = torch.f
     out = torch.zeros(allowed.shape, dtype=dtype)
     out.masked_fill_(~allowed, torch.finfo(dtype).min)
     return out[:, None]
+
+
+@torch.no_grad()
+def keeps_documents_apart(model, mask: str = "position_ids") -> bool:
+    """True if `model` reads a packed row (`collate_packed(..., mask=mask)`) as separate documents: the logits of
+    two short random documents packed into one row equal those of each document run alone.
+
+    A probe rather than a list of architectures: it checks the model class, its attention implementation and the
+    installed transformers together. Eval mode, no gradients, its own RNG (the run's random state is untouched).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        dtype = next(model.parameters()).dtype
+        vocab = model.get_input_embeddings().num_embeddings
+        g = torch.Generator().manual_seed(0)
+        docs = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in (5, 4)]
+        batch = collate_packed([[{"input_ids": d, "labels": d} for d in docs]], 0, mask=mask,
+                               dtype=dtype if dtype.is_floating_point else torch.float32)
+        kwargs = {k: batch[k].to(device) for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
+        packed = model(**kwargs, use_cache=False).logits[0].float()
+        alone = torch.cat([model(input_ids=torch.tensor([d], device=device), use_cache=False).logits[0].float()
+                           for d in docs])
+    finally:
+        model.train(was_training)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    return bool(torch.allclose(packed, alone, atol=tol * (1 + float(alone.abs().max())), rtol=0))

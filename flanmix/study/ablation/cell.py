@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from flanmix.core.atomic import write_jsonl
 from flanmix.core.errors import FlanmixError
@@ -28,8 +28,9 @@ from flanmix.registry import Registry
 from flanmix.study.ablation.grid import Cell, Plan, write_record
 from flanmix.study.eval import evaluate
 from flanmix.task import Task
+from trainers import seq2seq
 from trainers.data import read_rows, tokenize_rows
-from trainers.models import load_tokenizer
+from trainers.models import SEQ2SEQ, load_tokenizer, model_kind
 from trainers.packing import pack_greedy
 from trainers.sft import train
 from trainers.stages import run_stage
@@ -128,10 +129,14 @@ def _train_sft(cell: Cell, ctx: Context, mdir: Path) -> tuple[Path, dict]:
     # Rows that do not fit max_length are dropped rather than cut (a cut target teaches a wrong answer), unless
     # the spec's train.truncation says otherwise; SFT and this count use the same setting.
     truncation = spec.train.get("truncation", "drop")
-    examples, stats = tokenize_rows(load_tokenizer(ctx.model_dir), read_rows(mdir), max_length=budget.max_length,
-                                    truncation=truncation, source=mdir)
-    lengths = [len(e["input_ids"]) for e in examples]
-    items = len(pack_greedy(lengths, budget.max_length)) if budget.packing else len(lengths)
+    # An encoder-decoder (T5) is tokenized as its SFT tokenizes it and never packed (`trainers.sft`).
+    enc_dec = model_kind(ctx.model_dir) == SEQ2SEQ
+    tokenize = seq2seq.tokenize_rows if enc_dec else tokenize_rows
+    examples, stats = tokenize(load_tokenizer(ctx.model_dir), read_rows(mdir), max_length=budget.max_length,
+                               truncation=truncation, source=mdir)
+    lengths = [len(e["input_ids"]) + (len(e["labels"]) if enc_dec else 0) for e in examples]
+    packed = budget.packing and not enc_dec
+    items = len(pack_greedy(lengths, budget.max_length)) if packed else len(lengths)
     tokens_per_item = sum(lengths) / max(1, items)
     if budget.steps is not None:
         steps = budget.steps
@@ -252,8 +257,9 @@ def model_params(path: Path) -> int | None:
     """Parameter count of a model folder, from its config (meta device, no weights loaded)."""
     try:
         config = AutoConfig.from_pretrained(str(path))
+        auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
+            model = auto.from_config(config)
         return sum(p.numel() for p in model.parameters())
     except Exception:  # noqa: BLE001 - a count is a nicety; a model that cannot be built fails later anyway
         return None

@@ -18,7 +18,9 @@ from flanmix.core.atomic import atomic_open, write_text
 from flanmix.study.ablation.grid import Plan, load_plan, read_result
 from flanmix.study.ablation.spec import AblationSpec
 
-BASE_COLUMNS = ["cell", "seed", "axis", "count", "n_tasks", "model", "model_params", "templates_per_task",
+FAILED = "failed.json"  # in a cell folder: why the cell failed (its error), kept until a rerun completes it
+BASE_COLUMNS = ["cell", "seed", "axis", "count", "n_tasks", "model", "model_params", "model_type", "lora",
+                "templates_per_task",
                 "cot_share", "heldout_score", "seen_score", "steps", "train_tokens", "mixture_rows", "epochs",
                 "final_loss", "sft_seconds", "eval_seconds", "seconds", "tasks"]
 
@@ -58,7 +60,7 @@ def write_reports(plan: Plan, *, plots: bool = True) -> list[dict]:
         for r in rows:
             w.writerow({**r, "tasks": " ".join(r.get("tasks", []))})
     write_text(plan.out / "results.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows))
-    write_text(plan.out / "results.md", markdown_table(plan, rows))
+    write_text(plan.out / "results.md", markdown_table(plan, rows) + failure_table(failures(plan)))
     if rows and plots:
         plot(plan, rows)
     return rows
@@ -136,6 +138,32 @@ def markdown_table(plan: Plan, rows: Sequence[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
+
+
+def failures(plan: Plan) -> list[dict]:
+    """The recorded failures (`cells/<id>/failed.json`, written by `--engine ray`) of cells that are still not
+    complete with the same config; a rerun retries them."""
+    out = []
+    for cell in plan.cells:
+        path = plan.cell_dir(cell) / FAILED
+        if not path.is_file() or read_result(plan, cell) is not None:
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        if record.get("cell_hash") == cell.hash:
+            out.append(record)
+    return out
+
+
+def failure_table(records: Sequence[dict]) -> str:
+    """The "Failed cells" section of results.md (empty without failures)."""
+    if not records:
+        return ""
+    lines = ["", "## Failed cells", "", "| cell | error |", "|---|---|"]
+    lines += [f"| {r['cell']} | {str(r.get('error', '')).replace('|', '/')} |" for r in records]
+    return "\n".join(lines + ["", "A rerun of the same command retries them (complete cells are skipped).", ""])
 
 
 

@@ -17,6 +17,7 @@ from flanmix.core.strict import Strict
 from flanmix.core.yamlio import YamlDoc
 from flanmix.mixture import MixtureSpec
 from flanmix.study.eval.options import EvalOptions, check_metrics
+from trainers.archs import ARCHS
 from trainers.init_model import SIZES
 from trainers.sft import SFTConfig
 
@@ -30,25 +31,40 @@ EVAL_OWNED = ("registry_dirs", "threads")  # from the spec's top-level `registry
 
 
 class ModelEntry(Strict):
-    """One model of the size axis: a rung of the `flanmix init-model` ladder or a local model folder."""
+    """One model of the size axis: a rung of the `flanmix init-model` ladder (of any `arch`) or a local model folder
+    (any architecture transformers knows, e.g. a downloaded Flan-T5 or Qwen2.5)."""
 
     name: str = Field(description="label in tables and plots (and cell ids)")
     size: str | None = Field(None, description="an init-model ladder size (nano, tiny, mini, ...)")
+    arch: str = Field("llama", description=f"architecture of a ladder rung ({' | '.join(ARCHS)})")
     path: str | None = Field(None, description="a local transformers model folder (relative to the spec file)")
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
         if isinstance(value, str):
+            arch, _, size = value.partition(":")
+            if size and arch in ARCHS:
+                return {"name": f"{arch}-{size}", "size": size, "arch": arch}  # "t5:tiny"
             if value in SIZES or not ("/" in value or "\\" in value or Path(value).exists()):
                 return {"name": value, "size": value}  # an unknown size errors below, naming the ladder
             return {"name": Path(value).name, "path": value}
+        if isinstance(value, dict) and "name" not in value:
+            if value.get("size") is not None:
+                arch = value.get("arch", "llama")
+                return {**value, "name": value["size"] if arch == "llama" else f"{arch}-{value['size']}"}
+            if value.get("path") is not None:
+                return {**value, "name": Path(str(value["path"])).name}
         return value
 
     @model_validator(mode="after")
     def _one(self) -> ModelEntry:
         if (self.size is None) == (self.path is None):
             raise ValueError("give exactly one of size (an init-model ladder name) or path (a model folder)")
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r} (expected one of {', '.join(ARCHS)})")
+        if self.path is not None and "arch" in self.model_fields_set:
+            raise ValueError("arch is for ladder sizes; a model folder's architecture comes from its config.json")
         if self.size is not None and self.size not in SIZES:
             raise ValueError(f"unknown model size {self.size!r} (expected one of {', '.join(SIZES)})")
         if not self.name or any(ch in self.name for ch in "/\\ "):
@@ -127,6 +143,23 @@ class PreferenceSettings(Strict):
     config: dict[str, Any] = Field(default_factory=dict, description="extra stage config fields (beta, lr, ...)")
 
 
+class CellResources(Strict):
+    """What one cell asks a Ray cluster for (`flanmix ablate --engine ray`); Ray starts it where they are free."""
+
+    num_cpus: float = Field(1, gt=0, description="CPUs (also torch's threads in the cell unless `threads` is set)")
+    num_gpus: float = Field(0, ge=0, description="GPUs (the cell sees them as CUDA_VISIBLE_DEVICES)")
+
+
+class Resources(CellResources):
+    """Per-cell resources on Ray, with per-model overrides (bigger rungs may ask for more)."""
+
+    models: dict[str, CellResources] = Field(default_factory=dict, description="model name -> its cells' resources")
+
+    def of(self, model: str) -> CellResources:
+        """The resources of a cell of `model`."""
+        return self.models.get(model) or CellResources(num_cpus=self.num_cpus, num_gpus=self.num_gpus)
+
+
 class AblationSpec(Strict):
     """An ablation YAML file."""
 
@@ -154,6 +187,7 @@ class AblationSpec(Strict):
     keep_models: bool = Field(False, description="keep each cell's trained weights (otherwise deleted after eval)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (1 is fastest on a busy machine)")
     jobs: int = Field(1, ge=1, description="cells run at once (worker processes; use with threads: 1)")
+    resources: Resources = Field(default_factory=Resources, description="per cell, with --engine ray")
 
     @model_validator(mode="after")
     def _check(self) -> AblationSpec:
@@ -173,6 +207,9 @@ class AblationSpec(Strict):
             raise ValueError("templates_per_task values must be >= 1 (or null for all)")
         if any(c is not None and not 0 <= c <= 1 for c in self.cot_share):
             raise ValueError("cot_share values must be in [0, 1] (or null for the mixture's own)")
+        if set(self.resources.models) - set(names):
+            raise ValueError(f"resources.models names unknown models {sorted(set(self.resources.models) - set(names))}"
+                             f" (expected some of {names})")
         return self
 
     @property

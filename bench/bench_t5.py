@@ -1,0 +1,286 @@
+"""T5 SFT throughput and memory: flanmix's loop vs transformers' `Seq2SeqTrainer` on the same model, data and batch.
+
+    python bench/bench_t5.py [--size tiny] [--steps 60] [--warmup 8] [--repeats 2] [--threads 1]
+
+Model: `init-model --arch t5 --size tiny` (T5 v1.1-style encoder-decoder with a Unigram tokenizer trained on
+rendered rows of the bundled tasks). Data: inputs/targets rows rendered from the bundled tasks (Flan-style),
+max_length 128 per side, batch 8, fp32, AdamW lr 1e-3 betas (0.9, 0.999), no weight decay, linear decay, grad
+clip 1.0.
+
+Both sides train on the exact same token ids (the rows are tokenized once by `trainers.seq2seq.tokenize_rows`; the
+trainer gets them pre-tokenized with `DataCollatorForSeq2Seq`), and the first batch's loss is computed by both to
+show they optimise the same objective. Every configuration runs in its own subprocess (peak RSS is that run's
+alone), in alternating order, `repeats` times; medians are reported. tokens/s counts the real encoder + decoder
+tokens (no padding) of the timed steps (after `warmup`) over their wall time. flanmix runs with its SFT defaults
+(length-grouped batches) and without grouping; the trainer with its defaults (no grouping) and with
+`train_sampling_strategy="group_by_length"`.
+
+Writes bench/results/t5.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+for _key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # offline, as everywhere in flanmix
+    os.environ.setdefault(_key, "1")
+BATCH, MAX_LEN, LR = 8, 128, 1e-3
+
+
+def render_rows(n: int, seed: int = 0) -> list[dict]:
+    """inputs/targets rows from the bundled tasks, round-robin over tasks and templates."""
+    from flanmix.registry import Registry
+
+    rng = random.Random(seed)
+    tasks = [t for t in Registry.discover(()) if _local_rows(t)]
+    rows, i = [], 0
+    while len(rows) < n:
+        task = tasks[i % len(tasks)]
+        examples = task.examples("train")
+        ex = examples[rng.randrange(len(examples))]
+        idx = task.template_indices(cot=False)
+        row = task.render(ex, template_type="zs_noopt", template_idx=idx[i % len(idx)], cot=False, seed=seed)
+        if row["targets"].strip():
+            rows.append({"inputs": row["inputs"], "targets": row["targets"].strip()})
+        i += 1
+    rng.shuffle(rows)
+    return rows
+
+
+def _local_rows(task) -> bool:
+    """True for a task with training rows on this machine (hub-backed tasks need a network or a cache)."""
+    from flanmix.core.errors import FlanmixError
+
+    try:
+        return bool(task.examples("train"))
+    except FlanmixError:
+        return False
+
+
+def prepare(work: Path, n_rows: int, size: str) -> None:
+    from trainers import seq2seq
+    from trainers.init_model import init_model
+    from trainers.models import load_tokenizer
+
+    rows = render_rows(n_rows)
+    (work / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # the tokenizer's corpus: rendered rows of the bundled tasks that have local data (hub-backed tasks are skipped)
+    texts = [t for r in render_rows(20000, seed=1) for t in (r["inputs"], r["targets"])]
+    info = init_model(size, work / "model", arch="t5", vocab_size=4096, texts=texts, seed=0, overwrite=True)
+    examples, stats = seq2seq.tokenize_rows(load_tokenizer(work / "model"), rows, max_length=MAX_LEN)
+    (work / "tokenized.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples))
+    meta = {"params": info["params"], "vocab": info["vocab_size"], "rows": len(examples), **stats.as_dict()}
+    (work / "meta.json").write_text(json.dumps(meta))
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_flanmix(work: Path, steps: int, warmup: int, group: bool) -> dict:
+    from trainers.loop import train
+    from trainers.sft import SFTConfig, SFTStage
+
+    out = Path(tempfile.mkdtemp(prefix="bench-t5-flanmix-"))
+    cfg = SFTConfig(model=str(work / "model"), data=str(work / "rows.jsonl"), output_dir=str(out),
+                    batch_size=BATCH, max_length=MAX_LEN, max_steps=warmup + steps, lr=LR, betas=(0.9, 0.999),
+                    weight_decay=0.0, schedule="linear", min_lr_ratio=0.0, max_grad_norm=1.0, mixed_precision="no",
+                    log_every=1, progress=False, tensorboard=False, save_final=False, resume="never", seed=0,
+                    group_by_length=group)
+    res = train(SFTStage(cfg, verbose=False), cfg)
+    timed = [h for h in res.history if "tokens" in h][warmup:]
+    tokens, secs = sum(h["tokens"] for h in timed), sum(h["time_s"] for h in timed)
+    return {"tokens_per_s": tokens / secs, "steps_per_s": len(timed) / secs, "peak_rss_mb": _peak_rss_mb(),
+            "tokens_per_step": tokens / len(timed), "first_logged_loss": res.history[0]["loss"]}
+
+
+def _hf_trainer(work: Path, max_steps: int, group: bool, out: Path):
+    import torch
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+    )
+
+    tok = AutoTokenizer.from_pretrained(work / "model")
+    model = AutoModelForSeq2SeqLM.from_pretrained(work / "model", dtype=torch.float32)
+    ds = Dataset.from_list([json.loads(x) for x in (work / "tokenized.jsonl").read_text().splitlines()])
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=BATCH, use_cpu=True, max_steps=max_steps,
+        logging_steps=10_000, save_strategy="no", report_to=[], learning_rate=LR, lr_scheduler_type="linear",
+        weight_decay=0.0, max_grad_norm=1.0, adam_beta1=0.9, adam_beta2=0.999, dataloader_num_workers=0, seed=0,
+        disable_tqdm=True, bf16=False, train_sampling_strategy="group_by_length" if group else "random")
+    collator = DataCollatorForSeq2Seq(tok, model=model, label_pad_token_id=-100)
+    return Seq2SeqTrainer(model=model, args=args, train_dataset=ds, data_collator=collator, processing_class=tok)
+
+
+def child_hf(work: Path, steps: int, warmup: int, group: bool) -> dict:
+    from transformers import TrainerCallback
+
+    out = Path(tempfile.mkdtemp(prefix="bench-t5-hf-"))
+    trainer = _hf_trainer(work, warmup + steps, group, out)
+    counts: list[int] = []
+    collate = trainer.data_collator
+
+    def counting(examples):
+        batch = collate(examples)
+        counts.append(int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum()))
+        return batch
+
+    trainer.data_collator = counting
+    times: list[tuple[float, float]] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append((self.t, time.perf_counter()))
+
+    trainer.add_callback(Timer())
+    trainer.train()
+    timed = times[warmup:]  # first to last timed step: data loading between steps is included
+    secs = timed[-1][1] - timed[0][0]
+    tokens = sum(counts[warmup:warmup + len(timed)])
+    return {"tokens_per_s": tokens / secs, "steps_per_s": len(timed) / secs, "peak_rss_mb": _peak_rss_mb(),
+            "tokens_per_step": tokens / len(timed)}
+
+
+def child_first_loss(work: Path) -> dict:
+    """Loss of the same first batch (first 8 rows) by flanmix's stage and by the trainer's compute_loss."""
+    import torch
+
+    from trainers.sft import SFTConfig, SFTStage
+
+    out = Path(tempfile.mkdtemp(prefix="bench-t5-first-"))
+    trainer = _hf_trainer(work, 1, False, out)
+    model = trainer.model.eval()
+    cfg = SFTConfig(model=str(work / "model"), data=str(work / "rows.jsonl"), output_dir=str(out),
+                    max_length=MAX_LEN)
+    stage = SFTStage(cfg, model=model, tokenizer=trainer.processing_class, verbose=False)
+    rows = [trainer.train_dataset[i] for i in range(BATCH)]
+    same = all(list(r["input_ids"]) == e["input_ids"] and list(r["labels"]) == e["labels"]
+               for r, e in zip(rows, stage.items[:BATCH]))
+    with torch.no_grad():
+        ours, _ = stage.loss(model, stage.collate(stage.items[:BATCH]))
+        theirs = trainer.compute_loss(model, trainer.data_collator(rows))
+    return {"flanmix": float(ours), "hf": float(theirs), "same_ids": same, "abs_diff": abs(float(ours) - float(theirs))}
+
+
+CONFIGS = {"flanmix": ("flanmix", True), "flanmix_ungrouped": ("flanmix", False),
+           "hf_seq2seq_trainer": ("hf", False), "hf_seq2seq_trainer_grouped": ("hf", True)}
+
+
+def run_child(mode: str, work: Path, args) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=str(REPO), TRANSFORMERS_VERBOSITY="error")
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    cmd = [sys.executable, __file__, "--child", mode, "--work", str(work), "--steps", str(args.steps),
+           "--warmup", str(args.warmup)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{mode} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def child(args) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    work = Path(args.work)
+    if args.child == "first_loss":
+        return child_first_loss(work)
+    kind, group = CONFIGS[args.child]
+    if kind == "flanmix":
+        return child_flanmix(work, args.steps, args.warmup, group)
+    return child_hf(work, args.steps, args.warmup, group)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="tiny", help="T5 ladder rung (default tiny)")
+    ap.add_argument("--steps", type=int, default=60, help="timed optimizer steps per run")
+    ap.add_argument("--warmup", type=int, default=8, help="untimed steps at the start of each run")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--rows", type=int, default=4000)
+    ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for every run (0: torch default)")
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "t5.json"))
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(child(args)), flush=True)
+        return
+
+    sys.path.insert(0, str(REPO))
+    work = Path(tempfile.mkdtemp(prefix="bench-t5-"))
+    t0 = time.time()
+    prepare(work, args.rows, args.size)
+    meta = json.loads((work / "meta.json").read_text())
+    configs = args.configs.split(",")
+    runs: dict[str, list[dict]] = {c: [] for c in configs}
+    for _ in range(args.repeats):
+        for c in configs:  # alternating order: machine load drifts hit every configuration alike
+            runs[c].append(run_child(c, work, args))
+    first = run_child("first_loss", work, args)
+
+    def med(c, k):
+        return statistics.median(r[k] for r in runs[c])
+
+    summary = {c: {"tokens_per_s": med(c, "tokens_per_s"), "peak_rss_mb": med(c, "peak_rss_mb"),
+                   "tokens_per_step": med(c, "tokens_per_step"), "runs": runs[c]} for c in configs}
+    ratios = {}
+    for ours, theirs in (("flanmix", "hf_seq2seq_trainer"), ("flanmix", "hf_seq2seq_trainer_grouped"),
+                         ("flanmix_ungrouped", "hf_seq2seq_trainer")):
+        if ours in summary and theirs in summary:
+            ratios[f"{ours}/{theirs}"] = {
+                "tokens_per_s": summary[ours]["tokens_per_s"] / summary[theirs]["tokens_per_s"],
+                "peak_rss": summary[ours]["peak_rss_mb"] / summary[theirs]["peak_rss_mb"]}
+    import torch
+    import transformers
+
+    result = {
+        "setup": {"model": f"init-model --arch t5 --size {args.size}", **meta, "batch_size": BATCH,
+                  "max_length": MAX_LEN, "dtype": "fp32", "steps": args.steps, "warmup": args.warmup,
+                  "repeats": args.repeats, "threads": args.threads or torch.get_num_threads(),
+                  "torch": torch.__version__, "transformers": transformers.__version__, "cpus": os.cpu_count()},
+        "results": summary, "ratios": ratios, "first_batch_loss": first, "wall_s": time.time() - t0,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+
+    print(f"\nT5 SFT bench: {meta['params']:,}-param T5 ({args.size}), vocab {meta['vocab']}, batch {BATCH}, "
+          f"max_length {MAX_LEN}, fp32, {args.steps} timed steps x {args.repeats} runs (medians)\n")
+    print("| config | tokens/s | peak RSS (MB) | tokens/step |")
+    print("|---|---:|---:|---:|")
+    for c in configs:
+        s = summary[c]
+        print(f"| {c} | {s['tokens_per_s']:,.0f} | {s['peak_rss_mb']:,.0f} | {s['tokens_per_step']:,.0f} |")
+    print()
+    for k, v in ratios.items():
+        print(f"- {k}: {v['tokens_per_s']:.2f}x tokens/s, {v['peak_rss']:.2f}x peak RSS")
+    print(f"- first batch loss: flanmix {first['flanmix']:.6f}, Seq2SeqTrainer {first['hf']:.6f} "
+          f"(|diff| {first['abs_diff']:.2e}, same ids: {first['same_ids']})")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
