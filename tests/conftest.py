@@ -56,3 +56,33 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "nano"
     init_model("nano", out, vocab_size=2048, texts=synthetic_texts(), seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local 2-CPU Ray cluster, started once per test session (per xdist worker) and shut down at its end; tests
+    using it skip where Ray is not installed. `--engine ray` code in the test process uses this open session."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def arch_model_dir(tmp_path_factory):
+    """`arch_model_dir(arch)`: a random nano model (hidden 64, 2 layers, vocab 512) of an `init-model --arch`
+    architecture (llama, qwen2, mistral, gpt2, gpt_neox, gemma, t5) with its locally trained tokenizer, built on
+    first use and shared by the whole session. Treat the folders as read-only."""
+    from trainers.init_model import init_model
+
+    root = tmp_path_factory.mktemp("archs")
+    texts = synthetic_texts(600)
+    made: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in made:
+            init_model("nano", root / arch, arch=arch, vocab_size=512, texts=texts, seed=0)
+            made[arch] = root / arch
+        return made[arch]
+
+    return get

@@ -4,6 +4,10 @@
 stage's own state) and `loop_state.json` (step, data position, total steps, loop settings). It is written as
 `step-N.tmp` and renamed, so a crash or a NaN stop never leaves a half-written "last good" checkpoint. Every
 process takes part in saving (ZeRO shards its state); only the main process writes the shared files.
+
+A model with a LoRA adapter (`trainers.adapters`) is checkpointed without its frozen base: only the trainable
+parameters are written (listed in `trainable_only.json`), and resuming loads them over the base the run starts
+from, so the adapter, optimizer and RNG states come back exactly while a checkpoint stays adapter-sized.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from flanmix.core.errors import FlanmixError
-from trainers.config import LoopSettings
+from flanmix.core.jsonl import read_json
+from trainers.adapters import has_adapter, trainable_names
+from trainers.config import LoopSettings, is_main_process
 from trainers.metrics import MetricsLog, NonFiniteGuard
 from trainers.protocol import LoopContext, Stage
 
@@ -44,6 +50,38 @@ def find_resume(cfg: LoopSettings) -> Path | None:
     return p
 
 
+TRAINABLE_ONLY = "trainable_only.json"
+
+
+def drop_frozen_weights(models: list, weights: list[dict], output_dir: str) -> None:
+    """accelerate save hook: keep only the trainable parameters of an adapter-wrapped model (see the module
+    docstring) and list them in `trainable_only.json`; models without an adapter are saved whole."""
+    listed: dict[str, list[str]] = {}
+    for i, (model, state) in enumerate(zip(models, weights)):
+        if not has_adapter(model):
+            continue
+        keep = trainable_names(model)
+        for key in [k for k in state if k not in keep]:
+            del state[key]
+        listed[str(i)] = sorted(keep)
+    if listed and is_main_process():
+        Path(output_dir, TRAINABLE_ONLY).write_text(json.dumps(listed, indent=1))
+
+
+def check_trainable_only(models: list, input_dir: str) -> None:
+    """accelerate load hook: an adapter-only checkpoint must hold exactly the parameters this run trains (same
+    targets, rank and heads), since it is loaded non-strictly over the base."""
+    path = Path(input_dir)
+    if not (path / TRAINABLE_ONLY).is_file():
+        return
+    listed = read_json(path / TRAINABLE_ONLY, what="checkpoint parameter list")
+    for i, model in enumerate(models):
+        want = sorted(trainable_names(model))
+        if listed.get(str(i), want) != want:
+            raise FlanmixError("checkpoint's adapter parameters differ from this run's (peft settings changed?)",
+                               file=path, field="peft", expected="the peft settings the checkpoint was made with")
+
+
 class StageState:
     """Adapter so accelerate's save_state/load_state carries the stage's own state."""
 
@@ -66,13 +104,19 @@ class Checkpointer:
         self.out = Path(cfg.output_dir)
         self.total_steps = total_steps
         self.last: Path | None = None
+        accelerator.register_save_state_pre_hook(drop_frozen_weights)
+        accelerator.register_load_state_pre_hook(check_trainable_only)
 
     def resume(self) -> tuple[int, int]:
         """Load the checkpoint `cfg.resume` points at; returns (step, data position), (0, 0) for a fresh run."""
         path = find_resume(self.cfg)
         if path is None:
             return 0, 0
-        self.acc.load_state(str(path))
+        if (path / TRAINABLE_ONLY).is_file():
+            # the frozen base is not in the file; check_trainable_only (a load hook) checks what is
+            self.acc.load_state(str(path), strict=False)
+        else:
+            self.acc.load_state(str(path))
         state = json.loads((path / "loop_state.json").read_text())
         if state.get("total_steps") not in (None, self.total_steps):
             raise FlanmixError(f"checkpoint was made for {state['total_steps']} total steps, config gives "

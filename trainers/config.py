@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from flanmix.core.atomic import write_text
 from flanmix.core.errors import FlanmixError
@@ -20,6 +20,40 @@ from flanmix.core.strict import StrictMutable
 from flanmix.core.yamlio import YamlDoc, validate_mapping
 
 T = TypeVar("T", bound=BaseModel)
+
+
+class PeftSettings(StrictMutable):
+    """The `peft:` block of a stage config: train a LoRA adapter (PEFT) instead of every weight (docs/lora.md).
+
+    `peft: true` takes the defaults; `--set 'peft={r: 8, alpha: 16}'` sets it from the command line."""
+
+    r: int = Field(8, ge=1)                           # LoRA rank
+    alpha: float = Field(16.0, gt=0)                  # scale alpha / r
+    dropout: float = Field(0.0, ge=0, lt=1)
+    # module names (or name suffixes) to adapt; "all-linear": every linear layer but the output head
+    target_modules: list[str] | str = "all-linear"
+    modules_to_save: list[str] = []                   # extra modules trained in full (the RM/critic head always is)
+    qlora: bool = False                               # 4-bit base weights (bitsandbytes, CUDA only)
+
+    @field_validator("target_modules")
+    @classmethod
+    def _nonempty(cls, value: list[str] | str) -> list[str] | str:
+        if not value:
+            raise ValueError("name at least one module (or 'all-linear')")
+        return value
+
+
+class AdapterField(StrictMutable):
+    """Mixin for stage configs: the optional `peft:` block (None: full fine-tuning, the default)."""
+
+    peft: PeftSettings | None = None
+
+    @field_validator("peft", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        return None if value is False else value
 
 
 class LoopSettings(StrictMutable):

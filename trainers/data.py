@@ -3,7 +3,11 @@
 Row shapes (first match wins):
     inputs / targets        flanmix mixture rows (a folder of *.parquet shards + manifest.json, or one file)
     prompt / completion     plain prompt-completion pairs
-    messages                chat: a list of {"role", "content"}; loss on assistant turns only
+    messages                chat: a list of {"role", "content"}; loss on assistant turns only (`trainers.chat`)
+    conversations           ShareGPT chat: a list of {"from", "value"} (+ optional "system")
+
+With `chat=True` (SFT's `chat: true`) every row goes through the tokenizer's chat template: its `messages` column
+(as `flanmix build --messages` writes it), or inputs/targets as one user and one assistant message.
 
 The prompt/completion boundary. A BPE tokenizer may merge characters across the boundary when prompt+completion is
 tokenized as one string, so "the prompt's tokens" would no longer be a prefix of the joint tokenization, and the
@@ -34,6 +38,15 @@ import pyarrow.parquet as pq
 from flanmix.core.constants import TARGET_DELIMITER
 from flanmix.core.errors import FlanmixError
 from flanmix.core.jsonl import iter_jsonl
+from flanmix.preferences import read_rows as read_json_rows
+from trainers.chat import (
+    chat_segments,
+    check_messages,
+    ensure_chat_template,
+    render_chat,
+    response_turn,
+    sharegpt_messages,
+)
 
 IGNORE = -100
 Truncation = Literal["truncate", "drop"]
@@ -65,7 +78,12 @@ def read_rows(path: str | Path, columns: Sequence[str] | None = None) -> list[di
             except Exception as err:  # pyarrow raises many types for a corrupt file
                 raise FlanmixError(f"cannot read Parquet file: {err}", file=f) from err
             rows.extend(table.to_pylist())
-        elif f.suffix in (".jsonl", ".json"):
+        elif f.suffix == ".json":  # a JSON list (ShareGPT / Alpaca files) or JSON lines
+            for row, where in read_json_rows(f):
+                if not isinstance(row, dict):
+                    raise FlanmixError(f"{where}: each row must be a JSON object", file=f)
+                rows.append({k: row[k] for k in columns if k in row} if columns else row)
+        elif f.suffix == ".jsonl":
             rows.extend({k: row[k] for k in columns if k in row} if columns else row for _, row in iter_jsonl(f))
         else:
             raise FlanmixError("unsupported data file type", file=f, expected=".parquet or .jsonl")
@@ -73,7 +91,7 @@ def read_rows(path: str | Path, columns: Sequence[str] | None = None) -> list[di
 
 
 def detect_format(columns: Iterable[str], *, source: str | Path | None = None) -> str:
-    """'inputs_targets' | 'prompt_completion' | 'messages' from the available column names."""
+    """'inputs_targets' | 'prompt_completion' | 'messages' | 'sharegpt' from the available column names."""
     cols = set(columns)
     if {"inputs", "targets"} <= cols:
         return "inputs_targets"
@@ -81,8 +99,10 @@ def detect_format(columns: Iterable[str], *, source: str | Path | None = None) -
         return "prompt_completion"
     if "messages" in cols:
         return "messages"
+    if "conversations" in cols:
+        return "sharegpt"
     raise FlanmixError(f"missing columns; found {sorted(cols)}", file=source,
-                       expected="inputs+targets, prompt+completion or messages")
+                       expected="inputs+targets, prompt+completion, messages or conversations")
 
 
 # ---------------------------------------------------------------------------------------------------- tokenization
@@ -135,8 +155,11 @@ def tokenize_segments(tokenizer, segments: Sequence[tuple[str, bool]], *, bos: b
     return ids, labels
 
 
-def prompt_ids(tokenizer, prompt: str, *, bos: bool | None = None) -> list[int]:
-    """The ids of a prompt as inference sees it: BOS (if the tokenizer adds one), then the prompt's own tokens."""
+def prompt_ids(tokenizer, prompt: str | list[dict], *, bos: bool | None = None) -> list[int]:
+    """The ids of a prompt as inference sees it: BOS (if the tokenizer adds one), then the prompt's own tokens; a
+    conversation (list of messages) through the chat template (`chat_prompt_ids`)."""
+    if not isinstance(prompt, str):
+        return chat_prompt_ids(tokenizer, prompt)
     if bos is None:
         bos = adds_bos(tokenizer)
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
@@ -171,34 +194,71 @@ def check_prefix(tokenizer, prompt: str, ids: Sequence[int], *, bos: bool | None
         raise FlanmixError("prompt tokens are not a prefix of the example's tokens", field="prompt")
 
 
-def chat_segments(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
-    """Split a rendered chat into (text, trained) segments: assistant turns trained, the rest not.
+def chat_ids(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """ids/labels of a conversation through the chat template, loss on the assistant turns only (`trainers.chat`).
 
-    Uses the tokenizer's chat template: the text before assistant turn i is the rendering of messages[:i] with a
-    generation prompt; the turn itself is the difference to the rendering of messages[:i+1].
-    """
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise FlanmixError("tokenizer has no chat template; cannot train on 'messages' rows", field="messages")
-    segments: list[tuple[str, bool]] = []
-    done = ""
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise FlanmixError(f"message {i} must be an object with role and content", field="messages")
-        if m["role"] != "assistant":
-            continue
-        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
-        if not before.startswith(done) or not upto.startswith(before):
-            raise FlanmixError("chat template rendering is not incremental; cannot locate assistant turns",
-                               field="messages")
-        segments.append((before[len(done):], False))
-        segments.append((upto[len(before):], True))
-        done = upto
-    return segments
+    Each segment is tokenized on its own, so the ids before an assistant turn are exactly those of the rendered
+    prompt (`prompt_ids(tokenizer, messages[:i])`). The template decides about BOS (it writes it as text; we turn it
+    into the id) and ends each turn (EOS as text tokenizes to the EOS id), as apply_chat_template(tokenize=True)
+    does at inference."""
+    segs = chat_segments(tokenizer, messages)
+    if not any(trained for _, trained, _ in segs):
+        raise FlanmixError("empty loss mask (no assistant turn)", field="messages")
+    text0, bos = strip_template_bos(tokenizer, segs[0][0])
+    segs[0] = (text0, *segs[0][1:])
+    ids: list[int] = [tokenizer.bos_token_id] if bos else []
+    labels: list[int] = [IGNORE] * len(ids)
+    for text, trained, eos in segs:
+        seg = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        if eos:
+            seg = seg + [tokenizer.eos_token_id]
+        ids.extend(seg)
+        labels.extend(seg if trained else [IGNORE] * len(seg))
+    return ids, labels
+
+
+def strip_template_bos(tokenizer, text: str) -> tuple[str, bool]:
+    """(text without a leading BOS written by the chat template, whether it had one)."""
+    bos_text = tokenizer.bos_token
+    if bos_text and text.startswith(bos_text):
+        return text[len(bos_text):], True
+    return text, False
+
+
+def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """The ids of a conversational prompt as inference gives it to the model: the template's rendering with the
+    generation prompt (BOS only if the template writes it), the same ids `chat_ids` puts before that turn."""
+    text, bos = strip_template_bos(tokenizer, render_chat(tokenizer, messages, generation_prompt=True))
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+    return [tokenizer.bos_token_id] + ids if bos else ids
+
+
+def response_ids(tokenizer, prompt: str | list[dict], response: str | list[dict]) -> list[int]:
+    """The ids of a response after `prompt` (a preference response, a PPO pretraining row): after a string prompt,
+    the completion text + EOS (`completion_ids`); after a conversation, the next assistant turn by the chat rule
+    (`trainers.chat.response_turn`), so a chosen answer gets the ids an SFT chat row would train."""
+    if isinstance(prompt, str):
+        text = response if isinstance(response, str) else "\n".join(str(m["content"]) for m in response)
+        return completion_ids(tokenizer, text)
+    text, eos = response_turn(tokenizer, prompt, response)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+    return ids + [tokenizer.eos_token_id] if eos else ids
+
+
+def row_messages(row: dict) -> list[dict]:
+    """A row as a conversation (SFT with `chat: true`): its `messages`, its ShareGPT `conversations`, or its
+    inputs/targets (prompt/completion) as one user and one assistant message."""
+    if isinstance(row.get("messages"), list):
+        return row["messages"]
+    if "conversations" in row:
+        return sharegpt_messages(row)
+    fmt = detect_format(row.keys())
+    pk, ck = ("inputs", "targets") if fmt == "inputs_targets" else ("prompt", "completion")
+    return [{"role": "user", "content": _text(row, pk)}, {"role": "assistant", "content": _text(row, ck)}]
 
 
 def row_to_ids(tokenizer, row: dict, fmt: str, *, bos: bool) -> tuple[list[int], list[int]]:
-    """ids/labels of one row of a given format (see `detect_format`)."""
+    """ids/labels of one row of a given format (see `detect_format`; "chat": any row through the chat template)."""
     if fmt in ("inputs_targets", "prompt_completion"):
         pk, ck = ("inputs", "targets") if fmt == "inputs_targets" else ("prompt", "completion")
         completion = _text(row, ck)
@@ -208,19 +268,9 @@ def row_to_ids(tokenizer, row: dict, fmt: str, *, bos: bool) -> tuple[list[int],
         if fmt == "inputs_targets":
             completion = TARGET_DELIMITER + completion
         return tokenize_prompt_completion(tokenizer, _text(row, pk), completion, bos=bos)
-    messages = row.get("messages")
-    if not isinstance(messages, list):
-        raise FlanmixError("messages must be a list", field="messages")
-    segs = chat_segments(tokenizer, messages)
-    if not any(trained for _, trained in segs):
-        raise FlanmixError("empty loss mask (no assistant turn)", field="messages")
-    # The template decides about BOS (it writes it as text; we turn it into the id) and writes EOS after each turn
-    # (as text, which tokenizes to the EOS id), exactly as apply_chat_template(tokenize=True) does at inference.
-    bos_text = tokenizer.bos_token
-    template_bos = bool(segs and bos_text and segs[0][0].startswith(bos_text))
-    if template_bos:
-        segs[0] = (segs[0][0][len(bos_text):], segs[0][1])
-    return tokenize_segments(tokenizer, segs, bos=template_bos, eos_after_trained=False)
+    if fmt == "sharegpt":
+        return chat_ids(tokenizer, sharegpt_messages(row))
+    return chat_ids(tokenizer, row_messages(row) if fmt == "chat" else check_messages(row.get("messages")))
 
 
 def _text(row: dict, key: str) -> str:
@@ -237,9 +287,12 @@ def tokenize_rows(
     max_length: int,
     truncation: Truncation = "truncate",
     source: str | Path | None = None,
+    chat: bool = False,
 ) -> tuple[list[dict], TokenStats]:
     """Tokenize every row into {"input_ids", "labels"} (unshifted, -100 = untrained).
 
+    With `chat`, every row goes through the chat template (`row_messages`: its messages, or inputs/targets as a
+    user and an assistant turn); conversational rows (messages, conversations) always do.
     Rows longer than `max_length` are cut at the end (`truncate`) or skipped (`drop`); both are counted. Under
     `truncate`, a row whose prompt alone fills max_length is skipped and counted as dropped (`prompt_too_long`). A
     row with no trained token otherwise (empty completion, no assistant turn) is a FlanmixError naming the row.
@@ -249,7 +302,10 @@ def tokenize_rows(
     stats = TokenStats()
     if not rows:
         raise FlanmixError("dataset is empty", file=source)
-    fmt = detect_format(rows[0].keys(), source=source)
+    fmt = "chat" if chat else detect_format(rows[0].keys(), source=source)
+    if fmt in ("chat", "messages", "sharegpt") and ensure_chat_template(tokenizer):
+        stats.notes.append("the tokenizer has no chat template: using flanmix's default (<|role|> lines), saved "
+                           "with the model")
     bos = adds_bos(tokenizer)
     out: list[dict] = []
     for i, row in enumerate(rows):

@@ -7,14 +7,22 @@ from pathlib import Path
 
 import torch
 
+from trainers.adapters import is_adapter_dir, load_merged, load_quantized
+from trainers.config import PeftSettings
 from trainers.logprobs import sequence_logprobs
-from trainers.models import load_causal_lm
+from trainers.models import load_model
 from trainers.preference import GroupDataStage, collate
 
 
-def load_policy(path: str | Path):
-    """The policy (or a reference / sampling model): a causal LM from a local folder, with one-line errors."""
-    return load_causal_lm(path)
+def load_policy(path: str | Path, peft: PeftSettings | None = None):
+    """The policy (or a reference / sampling model): a causal LM from a local folder, with one-line errors. An
+    adapter folder (a LoRA run's output) gives its base with the adapter merged in; `peft.qlora` loads the weights
+    in 4-bit (the stage then wraps the model with `trainers.adapters.wrap`)."""
+    if peft is not None and peft.qlora:
+        return load_quantized(path, peft)
+    if is_adapter_dir(path):
+        return load_merged(path)
+    return load_model(path)  # decoder-only or encoder-decoder (T5: DPO/RRHF on the decoder's log-probs)
 
 
 @torch.no_grad()

@@ -36,21 +36,14 @@ from pydantic import Field
 
 from flanmix.core.errors import FlanmixError
 from trainers import loop
-from trainers.config import LoopSettings, parse_config, write_run_info
-from trainers.data import adds_bos, prompt_ids
+from trainers.adapters import backbone, frozen_base, has_adapter, wrap
+from trainers.config import AdapterField, LoopSettings, parse_config, write_run_info
+from trainers.data import adds_bos, prompt_ids, response_ids
 from trainers.logprobs import entropy_from_logits, gather_logprobs, masked_mean, masked_whiten
 from trainers.losses.ppo import compute_gae, kl_shaped_rewards, policy_loss, value_loss
-from trainers.models import check_same_tokenizer, load_tokenizer
+from trainers.models import check_same_tokenizer, load_tokenizer, require_decoder_only
 from trainers.policy import load_policy
-from trainers.preference import (
-    EncodedGroup,
-    collate,
-    encode_prompt_completion,
-    pad_id_of,
-    read_prompts,
-    render_completion,
-    render_prompt,
-)
+from trainers.preference import EncodedGroup, check_completion, collate, pad_id_of, read_prompts
 from trainers.protocol import Stage, TrainResult
 from trainers.rewards import load_reward_fn, load_reward_model, new_reward_model, reward_scores, scalar_head
 
@@ -102,8 +95,8 @@ def action_logprobs(actor, input_ids, attention_mask, action_mask, with_entropy:
 
     The vocabulary projection runs only at the positions that predict an action token, so no [N, T, V] logits
     tensor is ever built (the output head must be a plain linear layer)."""
-    hidden = actor.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
+    hidden = backbone(actor)(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
     sel = action_mask.bool()
     logits = actor.get_output_embeddings()(hidden[:, :-1][sel])
     lp = gather_logprobs(logits, input_ids[:, 1:][sel])
@@ -118,8 +111,8 @@ def action_logprobs(actor, input_ids, attention_mask, action_mask, with_entropy:
 
 def critic_forward(critic, input_ids, attention_mask) -> torch.Tensor:
     """V(s_t) at every position [N, T]: the critic's scalar head on each hidden state."""
-    hidden = critic.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                               position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
+    hidden = backbone(critic)(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
     return scalar_head(critic)(hidden).squeeze(-1).float()
 
 
@@ -159,8 +152,10 @@ class PPOStage(Stage):
         self.pad_id = pad_id_of(tokenizer)
         self.eos_id = tokenizer.eos_token_id
         self.prompts = list(prompts)
-        self.ref_model = ref_model if ref_model is not None else copy.deepcopy(actor)
-        self.ref_model.requires_grad_(False).eval()
+        # with a LoRA actor and no separate reference, the reference is the actor with its adapter off
+        self.ref_model = ref_model if ref_model is not None or has_adapter(actor) else copy.deepcopy(actor)
+        if self.ref_model is not None:
+            self.ref_model.requires_grad_(False).eval()
         self.reward_model = reward_model
         if reward_model is not None:
             reward_model.requires_grad_(False).eval()
@@ -182,12 +177,12 @@ class PPOStage(Stage):
         self.ptx_pos = 0
         self.history: list[dict] = []  # per-rollout stats (reward, kl, ...) — handy for tests and reports
         bos = adds_bos(tokenizer)
-        self.prompt_ids = [prompt_ids(tokenizer, render_prompt(tokenizer, p["prompt"]), bos=bos)[-max_prompt_length:]
-                           for p in self.prompts]
+        self.prompt_ids = [prompt_ids(tokenizer, p["prompt"], bos=bos)[-max_prompt_length:] for p in self.prompts]
 
     # -- protocol --------------------------------------------------------------------------------------------
     def setup(self, ctx) -> None:
-        self.ref_model.to(ctx.device)
+        if self.ref_model is not None:
+            self.ref_model.to(ctx.device)
         if self.reward_model is not None:
             self.reward_model.to(ctx.device)
 
@@ -353,7 +348,11 @@ class PPOStage(Stage):
         ids, attn, amask = self._pack(p_ids, responses)
         ids_d, attn_d, amask_d = ids.to(device), attn.to(device), amask.to(device)
         old_logps = action_logprobs(actor, ids_d, attn_d, amask_d).cpu() * amask
-        ref_logps = action_logprobs(self.ref_model, ids_d, attn_d, amask_d).cpu() * amask
+        if self.ref_model is None:
+            with frozen_base(actor):
+                ref_logps = action_logprobs(actor, ids_d, attn_d, amask_d).cpu() * amask
+        else:
+            ref_logps = action_logprobs(self.ref_model, ids_d, attn_d, amask_d).cpu() * amask
         values = critic_forward(critic, ids_d, attn_d)[:, :-1].cpu() * amask
         raw, score = self._score(ids_d, attn_d, rows, p_ids, responses, has_eos)
         rewards, kl = kl_shaped_rewards(old_logps, ref_logps, score, amask, self.kl_coef)
@@ -370,7 +369,7 @@ class PPOStage(Stage):
 
 # ------------------------------------------------------------------------------------------------- building it
 
-class PPOConfig(LoopSettings):
+class PPOConfig(LoopSettings, AdapterField):
     """`flanmix train ppo --config ppo.yaml`: loop settings plus these. max_steps (optimizer steps) is required;
     one rollout gives ppo_epochs * rollout_batch_size / (mini_batch_size * grad_accum) steps."""
 
@@ -414,9 +413,8 @@ def read_ptx(path: str | Path, tokenizer, max_length: int) -> list[tuple[list[in
         comp = row.get("completion", row.get("chosen", row.get("targets")))
         if comp is None:
             raise FlanmixError("ptx rows need a completion (or chosen / targets)", field="ptx_data")
-        p, c = encode_prompt_completion(tokenizer, render_prompt(tokenizer, row["prompt"]),
-                                        render_completion(tokenizer, row["prompt"], comp))
-        p = p[-half:]
+        p = prompt_ids(tokenizer, row["prompt"])[-half:]
+        c = check_completion(response_ids(tokenizer, row["prompt"], comp))
         out.append((p, c[: max_length - len(p)]))
     return out
 
@@ -427,6 +425,7 @@ def build_stage(cfg: PPOConfig, reward_fn: Callable | None = None, prompts: list
     fn_spec = reward_fn if reward_fn is not None else cfg.reward_fn
     if (cfg.reward_model is None) == (fn_spec is None):
         raise FlanmixError("give exactly one of reward_model and reward_fn", field="reward_model")
+    require_decoder_only(cfg.model, "ppo")
     tokenizer = load_tokenizer(cfg.model)
     rm = None
     if cfg.reward_model is not None:
@@ -435,7 +434,9 @@ def build_stage(cfg: PPOConfig, reward_fn: Callable | None = None, prompts: list
     fn = load_reward_fn(fn_spec) if fn_spec is not None else None
     rows = prompts if prompts is not None else read_prompts(cfg.data)
     torch.manual_seed(cfg.seed)
-    actor = load_policy(cfg.model)
+    actor = load_policy(cfg.model, cfg.peft)
+    if cfg.peft is not None:
+        actor = wrap(actor, cfg.peft, base_path=cfg.model)
     ref = None
     if cfg.reference:
         check_same_tokenizer(tokenizer, load_tokenizer(cfg.reference), cfg.reference)
@@ -443,7 +444,9 @@ def build_stage(cfg: PPOConfig, reward_fn: Callable | None = None, prompts: list
     critic_src = cfg.critic or cfg.reward_model or cfg.model
     if critic_src != cfg.model:
         check_same_tokenizer(tokenizer, load_tokenizer(critic_src), critic_src)
-    critic = new_reward_model(critic_src, seed=cfg.seed)
+    critic = new_reward_model(critic_src, seed=cfg.seed, peft=cfg.peft)
+    if cfg.peft is not None:  # the value head trains in full alongside the critic's adapter
+        critic = wrap(critic, cfg.peft, base_path=critic_src, scalar=True)
     ptx = read_ptx(cfg.ptx_data, tokenizer, cfg.max_length) if cfg.ptx_data is not None else None
     kwargs = {k: getattr(cfg, k) for k in STAGE_KEYS}
     return PPOStage(actor, critic, tokenizer, rows, reward_model=rm, reward_fn=fn, ref_model=ref, ptx_data=ptx,

@@ -18,24 +18,20 @@ import torch
 
 from flanmix.core.errors import FlanmixError
 from flanmix.preferences import Group, load_preferences, read_rows, split_groups
-from trainers.data import adds_bos, completion_ids, prompt_completion_ids, prompt_ids
+from trainers import seq2seq
+from trainers.chat import ensure_chat_template, render_chat, response_turn
+from trainers.data import adds_bos, prompt_completion_ids, prompt_ids, response_ids
 from trainers.protocol import Stage
 
 # ------------------------------------------------------------------------------------------------ tokenization
 
 
-def _fallback_chat(messages: list, add_generation_prompt: bool) -> str:
-    text = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages)
-    return text + ("<|assistant|>\n" if add_generation_prompt else "")
-
-
 def render_prompt(tokenizer, prompt: Any) -> str:
-    """Prompt text: a string as is, messages through the tokenizer's chat template (a plain fallback without)."""
+    """Prompt text: a string as is, messages through the tokenizer's chat template (`trainers.chat`; its default
+    template without one). Token ids of a prompt come from `trainers.data.prompt_ids`, which takes the messages."""
     if isinstance(prompt, str):
         return prompt
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    return _fallback_chat(prompt, True)
+    return render_chat(tokenizer, prompt, generation_prompt=True)
 
 
 def render_completion(tokenizer, prompt: Any, response: Any) -> str:
@@ -44,19 +40,9 @@ def render_completion(tokenizer, prompt: Any, response: Any) -> str:
         return response
     if isinstance(prompt, str):
         return "\n".join(str(m["content"]) for m in response)
-    if getattr(tokenizer, "chat_template", None):
-        p = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(list(prompt) + list(response), tokenize=False)
-        if not full.startswith(p):
-            raise FlanmixError("the chat template renders the prompt differently inside the conversation",
-                               field="chat_template", expected="prompt render to be a prefix of the full render")
-        comp = full[len(p):]
-        eos = tokenizer.eos_token or ""
-        if eos and comp.rstrip().endswith(eos):  # EOS is appended once, as a token
-            comp = comp.rstrip()[: -len(eos)]
-        return comp
-    return "".join(f"{m['content']}\n" if i < len(response) - 1 else str(m["content"])
-                   for i, m in enumerate(response))
+    comp, _ = response_turn(tokenizer, prompt, response)
+    eos = tokenizer.eos_token or ""
+    return comp[: -len(eos)] if eos and comp.endswith(eos) else comp  # EOS is appended once, as a token
 
 
 def check_completion(ids: list[int]) -> list[int]:
@@ -82,17 +68,28 @@ class EncodedGroup:
     scores: list[float]
     margin: float | None = None
     ref_logps: list[float] | None = None  # precomputed reference log-probs, one per response
+    encoder_decoder: bool = False         # prompt ids are encoder ids (`trainers.seq2seq`): never prefix-shared
 
     def pairs(self) -> list[tuple[int, int]]:
         k = len(self.responses_ids)
         return [(i, j) for i in range(k) for j in range(k) if self.scores[i] > self.scores[j]]
 
 
-def encode_group(tokenizer, group: Group, max_length: int, *, bos: bool | None = None) -> EncodedGroup:
-    """Tokenize one group; the prompt is cut from the left and completions from the right to fit max_length."""
-    prompt = prompt_ids(tokenizer, render_prompt(tokenizer, group.prompt), bos=bos)
-    comps = [check_completion(completion_ids(tokenizer, render_completion(tokenizer, group.prompt, r)))
-             for r in group.responses]
+def encode_group(tokenizer, group: Group, max_length: int, *, bos: bool | None = None,
+                 encoder_decoder: bool = False) -> EncodedGroup:
+    """Tokenize one group; the prompt is cut from the left and completions from the right to fit max_length.
+    `encoder_decoder`: the prompt as encoder input and each response as decoder target (`trainers.seq2seq`), each
+    within max_length."""
+    if encoder_decoder:
+        prompt = seq2seq.encoder_ids(tokenizer, render_prompt(tokenizer, group.prompt))
+        comps = [check_completion(seq2seq.target_ids(tokenizer, render_completion(tokenizer, group.prompt, r))
+                                  [:max_length]) for r in group.responses]
+        prompt = seq2seq.truncate_encoder(prompt, max_length, tokenizer.eos_token_id)
+        return EncodedGroup(prompt, comps, list(group.scores), group.margin, encoder_decoder=True)
+    if not isinstance(group.prompt, str):
+        ensure_chat_template(tokenizer)  # a saved policy keeps the format it was trained with
+    prompt = prompt_ids(tokenizer, group.prompt, bos=bos)  # a conversation: through the chat template
+    comps = [check_completion(response_ids(tokenizer, group.prompt, r)) for r in group.responses]
     longest = max(len(c) for c in comps)
     if len(prompt) + longest > max_length:
         keep = max(max_length - longest, max_length // 2)
@@ -101,13 +98,14 @@ def encode_group(tokenizer, group: Group, max_length: int, *, bos: bool | None =
     return EncodedGroup(prompt, comps, list(group.scores), group.margin)
 
 
-def encode_groups(tokenizer, groups: Sequence[Group], max_length: int) -> list[EncodedGroup]:
+def encode_groups(tokenizer, groups: Sequence[Group], max_length: int, *,
+                  encoder_decoder: bool = False) -> list[EncodedGroup]:
     """Tokenize groups (see `encode_group`); an error names the group's file and line."""
     bos = adds_bos(tokenizer)
     out = []
     for g in groups:
         try:
-            out.append(encode_group(tokenizer, g, max_length, bos=bos))
+            out.append(encode_group(tokenizer, g, max_length, bos=bos, encoder_decoder=encoder_decoder))
         except FlanmixError as err:
             raise err.with_context(file=g.source) from None
     return out
@@ -180,8 +178,11 @@ def collate_shared(groups: Sequence[EncodedGroup], pad_id: int, dtype=None) -> d
     ``pair_*``, ``ref_logps``; same response-major sequence order), it holds ``input_ids, position_ids [G, L]``,
     ``attention_mask [G, 1, L, L]``, the completion tokens as ``tok_row, tok_src, tok_tgt, tok_seq`` (the logits at
     (row, src) predict input_ids[row, tgt] of sequence tok_seq) and the last token of each sequence as
-    ``last_row, last_pos``.
+    ``last_row, last_pos``. Encoder-decoder groups get the padded `collate` batch (the encoder sees the prompt
+    once per sequence).
     """
+    if groups and groups[0].encoder_decoder:
+        return collate(groups, pad_id)
     dtype = dtype or torch.float32
     order = sequence_order(groups)
     base = collate_meta(groups, order)

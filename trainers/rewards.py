@@ -16,10 +16,18 @@ from pathlib import Path
 import torch
 
 from flanmix.core.errors import FlanmixError
+from trainers.adapters import (
+    SCALAR,
+    SCALAR_HEADS,
+    adapter_base,
+    backbone,
+    is_adapter_dir,
+    load_merged,
+    quantization_kwargs,
+)
+from trainers.config import PeftSettings
 from trainers.logprobs import shared_hidden
 from trainers.models import check_model_dir
-
-SCALAR_HEADS = ("score", "classifier")
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -40,7 +48,11 @@ def scalar_head(model) -> torch.nn.Module:
 
 def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """r(x, y) per sequence [N]: the scalar head at the last non-pad token."""
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    # positions counted over real tokens: a left-padded row gets the positions it has alone (absolute-position
+    # models such as GPT-2 depend on it; for right padding they are the default arange)
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    hidden = backbone(model)(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                             use_cache=False).last_hidden_state
     idx = last_token_index(attention_mask)
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
     return scalar_head(model)(last).squeeze(-1).float()
@@ -54,8 +66,14 @@ def batch_reward_scores(model, batch: dict) -> torch.Tensor:
     return reward_scores(model, batch["input_ids"], batch["attention_mask"])
 
 
-def new_reward_model(path: str | Path, seed: int = 0, head_std: float | None = None):
-    """A scalar-head model initialised from a causal-LM (or reward-model) folder."""
+def new_reward_model(path: str | Path, seed: int = 0, head_std: float | None = None,
+                     peft: PeftSettings | None = None):
+    """A scalar-head model initialised from a causal-LM (or reward-model) folder, or from an adapter folder (merged
+    into its base); with `peft.qlora` the base is loaded in 4-bit (`trainers.adapters`)."""
+    if is_adapter_dir(path):
+        torch.manual_seed(seed)
+        model = load_merged(path, scalar=True)
+        return init_head(model, head_std) if adapter_base(path)[1] != SCALAR else model
     # transformers is imported when a model is built, not when trainers is imported (it takes seconds)
     from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -71,7 +89,10 @@ def new_reward_model(path: str | Path, seed: int = 0, head_std: float | None = N
     hf_logging.set_verbosity_error()  # the "newly initialized score head" warning is expected here
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, config=config, local_files_only=True)
+        model = AutoModelForSequenceClassification.from_pretrained(path, config=config, local_files_only=True,
+                                                                   **quantization_kwargs(peft))
+    except FlanmixError:
+        raise
     except Exception as err:  # an architecture without a sequence-classification class, broken weights, ...
         raise FlanmixError(f"cannot build a scalar-head model: {str(err).splitlines()[0][:200]}", file=path,
                            field="model") from None
@@ -79,9 +100,17 @@ def new_reward_model(path: str | Path, seed: int = 0, head_std: float | None = N
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+    if is_reward_model_folder(path):
+        scalar_head(model)  # a reward model without a head is an error here, not at its first forward
+        return model
+    return init_head(model, head_std)
+
+
+def init_head(model, head_std: float | None = None):
+    """A fresh scalar head: N(0, 1/(hidden+1)) weights (or `head_std`), zero bias; returns the model."""
     head = scalar_head(model)
-    if not is_reward_model_folder(path) and isinstance(head, torch.nn.Linear):
-        std = head_std if head_std is not None else 1.0 / (config.hidden_size + 1) ** 0.5
+    if isinstance(head, torch.nn.Linear):
+        std = head_std if head_std is not None else 1.0 / (model.config.hidden_size + 1) ** 0.5
         torch.nn.init.normal_(head.weight, std=std)
         if head.bias is not None:
             torch.nn.init.zeros_(head.bias)
@@ -89,7 +118,10 @@ def new_reward_model(path: str | Path, seed: int = 0, head_std: float | None = N
 
 
 def is_reward_model_folder(path: str | Path) -> bool:
-    """True for a folder saved by the rm stage (…ForSequenceClassification with one label)."""
+    """True for a folder saved by the rm stage (…ForSequenceClassification with one label, or a LoRA rm run's
+    scalar-head adapter)."""
+    if is_adapter_dir(path):
+        return adapter_base(path)[1] == SCALAR
     cfg_path = Path(path) / "config.json"
     if not cfg_path.is_file():
         return False
@@ -105,6 +137,8 @@ def load_reward_model(path: str | Path):
     from transformers.utils import logging as hf_logging
 
     path = Path(path)
+    if is_adapter_dir(path) and is_reward_model_folder(path):
+        return load_merged(path)
     if not (path / "config.json").is_file():
         raise FlanmixError("reward model folder not found (no config.json)", file=path)
     if not is_reward_model_folder(path):

@@ -16,9 +16,10 @@ import torch
 from pydantic import Field
 
 from trainers import loop
-from trainers.config import LoopSettings, parse_config, write_run_info
+from trainers.adapters import wrap
+from trainers.config import AdapterField, LoopSettings, parse_config, write_run_info
 from trainers.losses.reward import pairwise_loss
-from trainers.models import load_tokenizer
+from trainers.models import load_tokenizer, require_decoder_only
 from trainers.preference import GroupDataStage, collate, encode_groups, load_split, pad_id_of
 from trainers.protocol import TrainResult
 from trainers.rewards import batch_reward_scores, new_reward_model, reward_scores
@@ -81,7 +82,7 @@ class RewardStage(GroupDataStage):
         self.tokenizer.save_pretrained(out_dir)
 
 
-class RMConfig(LoopSettings):
+class RMConfig(LoopSettings, AdapterField):
     """`flanmix train rm --config rm.yaml`: loop settings plus these."""
 
     model: str                    # causal-LM (e.g. the SFT output) or reward-model folder
@@ -95,12 +96,15 @@ class RMConfig(LoopSettings):
 
 def build_stage(cfg: RMConfig, groups=None, eval_groups=None) -> RewardStage:
     """Tokenizer, data and a scalar-head model initialised from cfg.model."""
+    require_decoder_only(cfg.model, "rm")
     tokenizer = load_tokenizer(cfg.model)
     train_g, eval_g = load_split(groups if groups is not None else cfg.data,
                                  eval_groups if eval_groups is not None else cfg.eval_data,
                                  cfg.eval_fraction, cfg.seed)
-    model = new_reward_model(cfg.model, seed=cfg.seed)
+    model = new_reward_model(cfg.model, seed=cfg.seed, peft=cfg.peft)
     model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.peft is not None:  # the score head trains in full alongside the adapter
+        model = wrap(model, cfg.peft, base_path=cfg.model, scalar=True)
     return RewardStage(model, tokenizer, encode_groups(tokenizer, train_g, cfg.max_length),
                        encode_groups(tokenizer, eval_g, cfg.max_length), prefix_sharing=cfg.prefix_sharing)
 

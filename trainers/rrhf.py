@@ -17,16 +17,18 @@ from flanmix.core.errors import FlanmixError
 from flanmix.core.strict import StrictMutable
 from flanmix.preferences import Group, load_preferences, response_text, split_groups
 from trainers import loop
-from trainers.config import LoopSettings, parse_config, write_run_info
+from trainers.adapters import wrap
+from trainers.config import AdapterField, LoopSettings, parse_config, write_run_info
+from trainers.data import prompt_ids, response_ids, strip_template_bos
 from trainers.logprobs import batch_sequence_logprobs
 from trainers.losses.rrhf import rrhf_loss_from_scores
-from trainers.models import check_same_tokenizer, load_tokenizer
+from trainers.models import check_same_tokenizer, is_encoder_decoder, load_tokenizer
 from trainers.policy import PolicyPreferenceStage, load_policy
 from trainers.preference import (
     EncodedGroup,
+    check_completion,
     collate,
     encode_groups,
-    encode_prompt_completion,
     load_split,
     pad_id_of,
     read_prompts,
@@ -74,12 +76,13 @@ def sample_candidates(model, tokenizer, prompts: list, k: int, max_new_tokens: i
     out: list[list[str]] = []
     try:
         for i in range(0, len(prompts), batch_size):
-            texts = [render_prompt(tokenizer, p) for p in prompts[i: i + batch_size]]
+            # the tokenizer adds BOS itself: a chat template's BOS text would make it twice
+            texts = [strip_template_bos(tokenizer, render_prompt(tokenizer, p))[0] for p in prompts[i: i + batch_size]]
             enc = tokenizer(texts, return_tensors="pt", padding=True)
             gen = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                                  max_new_tokens=max_new_tokens, num_return_sequences=k,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            comp = gen[:, enc["input_ids"].shape[1]:]
+            comp = gen if is_encoder_decoder(model) else gen[:, enc["input_ids"].shape[1]:]
             dec = tokenizer.batch_decode(comp, skip_special_tokens=True)
             for j in range(len(texts)):
                 out.append(dec[j * k: (j + 1) * k])
@@ -95,9 +98,9 @@ def score_candidates_with_rm(rm_model, tokenizer, prompts: list, candidates: lis
     rm_model.eval()
     out = []
     for prompt, cands in zip(prompts, candidates):
-        p_text = render_prompt(tokenizer, prompt)
-        encs = [encode_prompt_completion(tokenizer, p_text, c if c.strip() else " ") for c in cands]
-        g = EncodedGroup(encs[0][0], [e[1][: max_length] for e in encs], [0.0] * len(cands))
+        comps = [check_completion(response_ids(tokenizer, prompt, c if c.strip() else " "))[:max_length]
+                 for c in cands]  # the ids encode_group gives a (prompt, response) pair
+        g = EncodedGroup(prompt_ids(tokenizer, prompt), comps, [0.0] * len(cands))
         b = collate([g], pad_id_of(tokenizer))
         with torch.no_grad():
             r = reward_scores(rm_model, b["input_ids"], b["attention_mask"])
@@ -119,7 +122,7 @@ class CandidateSpec(StrictMutable):
     max_prompts: int | None = Field(None, ge=1)
 
 
-class RRHFConfig(LoopSettings):
+class RRHFConfig(LoopSettings, AdapterField):
     """`flanmix train rrhf --config rrhf.yaml`: loop settings plus these."""
 
     model: str
@@ -198,9 +201,12 @@ def build_stage(cfg: RRHFConfig, groups=None, eval_groups=None) -> RRHFStage:
         train_g, eval_g = load_split(groups if groups is not None else cfg.data,
                                      eval_groups if eval_groups is not None else cfg.eval_data,
                                      cfg.eval_fraction, cfg.seed)
-    model = load_policy(cfg.model)
-    return RRHFStage(model, tokenizer, encode_groups(tokenizer, train_g, cfg.max_length),
-                     encode_groups(tokenizer, eval_g, cfg.max_length), sft_weight=cfg.sft_weight,
+    model = load_policy(cfg.model, cfg.peft)
+    if cfg.peft is not None:
+        model = wrap(model, cfg.peft, base_path=cfg.model)
+    s2s = is_encoder_decoder(model)  # T5: prompts to the encoder, responses to the decoder
+    return RRHFStage(model, tokenizer, encode_groups(tokenizer, train_g, cfg.max_length, encoder_decoder=s2s),
+                     encode_groups(tokenizer, eval_g, cfg.max_length, encoder_decoder=s2s), sft_weight=cfg.sft_weight,
                      prefix_sharing=cfg.prefix_sharing)
 
 

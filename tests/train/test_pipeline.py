@@ -143,7 +143,7 @@ def test_unknown_top_level_key_names_its_line(tmp_path, tiny_model_dir, capsys):
     pipe = tmp_path / "top.yaml"
     pipe.write_text(f"model: {tiny_model_dir}\nstages:\n  - sft: {{}}\nsteps: 3\n")
     assert main(["train", str(pipe)]) == 2
-    assert _err(capsys) == f"flanmix: error: {pipe}:4: steps: unknown key"
+    assert _err(capsys) == f"flanmix: error: {pipe}:4: steps: unknown key; did you mean stages?"
 
 
 def test_stage_registry_is_the_one_list_of_stages():

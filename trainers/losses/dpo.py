@@ -5,6 +5,13 @@ With h = [log πθ(y_w|x) − log π_ref(y_w|x)] − [log πθ(y_l|x) − log π
     sigmoid:  L = − log σ(β h)                    (DPO, eq. 7)
     ipo:      L = (h − 1/(2β))²                   (IPO, Azar et al. 2023, eq. 17; sequence sums as in the paper)
     hinge:    L = max(0, 1 − β h)                 (SLiC-HF, Zhao et al. 2023)
+
+Optionally plus an NLL term on the chosen response (RPO, Pang et al. 2024, "Iterative Reasoning Preference
+Optimization", eq. 1; TRL's `rpo_alpha`), the field's remedy for DPO lowering the likelihood of the chosen answers:
+
+    L_RPO = L + α · [ −log πθ(y_w|x) / |y_w| ]      (|y_w|: completion tokens of y_w, EOS included)
+
+averaged over pairs like L. With α = 0 the term is not computed at all, so the loss is plain DPO bit for bit.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float, loss_type: str = "sigmoid") -> tuple[torch.Tensor, dict]:
+             ref_rejected: torch.Tensor, beta: float, loss_type: str = "sigmoid", *, nll_weight: float = 0.0,
+             chosen_lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Per-pair losses averaged over pairs, and the usual reward metrics (means over pairs); the implicit reward
-    of a response is β (log πθ − log π_ref)."""
+    of a response is β (log πθ − log π_ref). With `nll_weight` α > 0, plus α times the mean per-token NLL of the
+    chosen responses (`chosen_lengths`: their completion token counts)."""
     chosen_logratio = policy_chosen - ref_chosen
     rejected_logratio = policy_rejected - ref_rejected
     h = chosen_logratio - rejected_logratio
@@ -42,4 +51,11 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
             "logps/chosen": policy_chosen.detach().mean().item(),
             "logps/rejected": policy_rejected.detach().mean().item(),
         }
-    return losses.mean(), metrics
+    loss = losses.mean()
+    if nll_weight:
+        if chosen_lengths is None:
+            raise FlanmixError("the NLL term needs the chosen responses' lengths", field="nll_weight")
+        nll = (-policy_chosen / chosen_lengths.to(policy_chosen.dtype).clamp(min=1.0)).mean()
+        loss = loss + nll_weight * nll
+        metrics["nll/chosen"] = nll.detach().item()
+    return loss, metrics
