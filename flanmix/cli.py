@@ -7,22 +7,35 @@ Subcommands live in `flanmix/commands/*.py`; each module exposes `register(subpa
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
 
 from flanmix import __version__
 from flanmix.core.errors import FlanmixError
+from flanmix.core.paths import allowing
 
 # Optional dependencies and the extra that installs each: a command that needs one tells the user how to get it.
 _EXTRA_OF = {name: "train" for name in ("torch", "transformers", "accelerate", "tokenizers", "safetensors",
                                          "tensorboard")} | {"deepspeed": "deepspeed", "ray": "ray"}
+# OS errors that say something about the machine, not about flanmix: one line, exit 2, like a FlanmixError.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (exit 2), like every other flanmix error; subcommand parsers
+    are of the same class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every discovered subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="flanmix",
         description="Build Flan-style instruction-tuning mixtures and train SFT -> RM -> PPO | RRHF | DPO.",
     )
@@ -48,7 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        result = func(args)
+        with allowing(getattr(args, "allow_path", None) or ()):
+            result = func(args)
+        sys.stdout.flush()  # here, so a closed pipe is noticed inside the try rather than at interpreter exit
+    except BrokenPipeError:
+        # `flanmix render ... | head -1`: the reader has gone; stop quietly, like a command killed by SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
     except FlanmixError as err:
         if args.debug:
             raise
@@ -64,6 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("flanmix: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:
+        if args.debug or err.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"flanmix: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

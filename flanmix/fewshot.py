@@ -149,5 +149,6 @@ def flan_prompt(prompts: PromptSet, items: Sequence[CompiledTemplate], idx: int,
     kept = fit_budget(texts, query, budget, count)
     if not kept:
         raise FewShotDropped(f"no exemplar left for row {where}")
-    return Rendered(finish_input("".join(kept) + query, tmpl, context, rng), row.targets.strip(), row.options,
-                    row.answer)
+    # FLAN strips the target with tf.strings.strip: ASCII whitespace only (a trailing no-break space stays).
+    return Rendered(finish_input("".join(kept) + query, tmpl, context, rng), row.targets.strip(" \t\n\r\v\f"),
+                    row.options, row.answer)

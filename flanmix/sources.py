@@ -1,6 +1,10 @@
 """Loading raw rows for a task: bundled generators, local files (through `datasets`), the hub, importer formats.
 
 Every source yields `(example_id, row)` pairs. `example_id` traces a rendered row back to its source row.
+
+A task spec is untrusted input (docs/security.md): `builtin:` names a generator from a closed set (bundled,
+registered from Python, or declared by an installed package under the `flanmix.generators` entry point group), and
+`files:` stays inside the spec's registry folder unless the user allows more (`--allow-path`, `FLANMIX_ALLOW_PATHS`).
 """
 
 from __future__ import annotations
@@ -8,19 +12,29 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib
+import importlib.metadata
+import inspect
 import json
+import pkgutil
 import random
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from flanmix.core.capacity import check_fits
 from flanmix.core.errors import FlanmixError
-from flanmix.core.jsonl import read_json
-from flanmix.core.paths import expand_globs
+from flanmix.core.jsonl import iter_jsonl, read_json
+from flanmix.core.paths import expand_confined
 from flanmix.spec import SourceSpec
 
 Generator = Callable[[random.Random], dict]
+# Memory a loaded row takes beyond twice its JSON size (its Example, dict and id string): a lower bound, measured
+# on the bundled generators, so a source the machine could hold is never refused.
+ROW_OVERHEAD_BYTES = 200
 _GENERATORS: dict[str, Generator] = {}
+ENTRY_POINT_GROUP = "flanmix.generators"
+_BUNDLED_NAME = re.compile(r"^([a-z][a-z0-9_]*)\.([a-z][a-z0-9_]*)$")
 
 
 def register_generator(name: str, fn: Generator) -> None:
@@ -28,23 +42,42 @@ def register_generator(name: str, fn: Generator) -> None:
     _GENERATORS[name] = fn
 
 
+def _bundled(name: str) -> Generator | None:
+    """`module.function` of `flanmix/builtin/`: a public function defined in that module, nothing it imports."""
+    match = _BUNDLED_NAME.match(name)
+    if not match:
+        return None
+    import flanmix.builtin as package
+
+    module_name, attr = match.groups()
+    if module_name not in {m.name for m in pkgutil.iter_modules(package.__path__)}:
+        return None
+    module = importlib.import_module(f"{package.__name__}.{module_name}")
+    fn = getattr(module, attr, None)
+    return fn if inspect.isfunction(fn) and fn.__module__ == module.__name__ else None
+
+
+def _entry_point(name: str, file: str | None) -> Generator | None:
+    """A generator an installed package declares under the `flanmix.generators` entry point group."""
+    for point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if point.name == name:
+            try:
+                fn = point.load()
+            except Exception as err:  # noqa: BLE001 - a broken plugin can raise anything; name it
+                raise FlanmixError(f"generator {name!r} (entry point {point.value}) failed to load: "
+                                   f"{type(err).__name__}: {err}", file=file, field="source.builtin") from None
+            return fn if callable(fn) else None
+    return None
+
+
 def resolve_generator(name: str, *, file: str | None = None) -> Generator:
-    """Find a generator: registered name, bundled `cluster.function`, or `package.module:function`."""
-    if name in _GENERATORS:
-        return _GENERATORS[name]
-    if ":" in name:
-        module_name, _, attr = name.partition(":")
-    else:
-        module_name, _, attr = name.rpartition(".")
-        module_name = f"flanmix.builtin.{module_name}"
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError):
+    """Find a generator in the closed set a task spec may name: one registered from Python, a bundled
+    `module.function`, or an entry point of the `flanmix.generators` group. Nothing else is imported."""
+    fn = _GENERATORS.get(name) or _bundled(name) or _entry_point(name, file)
+    if fn is None:
         raise FlanmixError(f"unknown generator {name!r}", file=file, field="source.builtin",
-                           expected="a bundled generator like 'arithmetic.add' or 'package.module:function'"
-                           ) from None
-    if not callable(fn):
-        raise FlanmixError(f"{name!r} is not callable", file=file, field="source.builtin")
+                           expected="a bundled generator like 'arithmetic.add', one registered with "
+                                    f"flanmix.sources.register_generator, or an entry point of {ENTRY_POINT_GROUP}")
     return fn
 
 
@@ -59,14 +92,21 @@ def _generate(source: SourceSpec, task_name: str, file: str | None) -> Iterator[
         except Exception as err:  # noqa: BLE001 - a user's generator can raise anything; name the task and row
             raise FlanmixError(f"task {task_name!r}, row {task_name}:{i}: generator {source.builtin!r} failed: "
                                f"{type(err).__name__}: {err}", file=file, field="source.builtin") from None
+        if i == 0:  # preflight from the first row: every row is kept in memory (task splits)
+            check_fits(source.examples * (ROW_OVERHEAD_BYTES + 2 * len(_ROW_ENCODER.encode(row))),
+                       what=f"task {task_name!r}: {source.examples:,} generated rows", file=file,
+                       field="source.examples", expected="fewer examples")
         yield f"{task_name}:{i}", row
 
 
-def resolve_files(source: SourceSpec, base_dir: Path, file: str | None) -> list[Path]:
+def resolve_files(source: SourceSpec, base_dir: Path, file: str | None, *, root: Path | None = None) -> list[Path]:
     """The data files of a `files` source: each pattern (a path or glob, relative to `base_dir`) expanded and
-    sorted. A pattern matching nothing or an empty file is a FlanmixError (naming the spec `file` if given)."""
+    sorted. A pattern matching nothing or an empty file is a FlanmixError (naming the spec `file` if given).
+
+    With `root` (the registry folder of a spec file) every file must lie inside it or inside a folder of
+    `FLANMIX_ALLOW_PATHS`, symlinks resolved; without it (a task registered from Python) files may be anywhere."""
     patterns = [source.files] if isinstance(source.files, str) else list(source.files or [])
-    paths = expand_globs(patterns, base_dir, field="source.files", what="data file", file=file)
+    paths = expand_confined(patterns, base_dir, root, field="source.files", what="data file", file=file)
     for path in paths:
         if path.stat().st_size == 0:
             raise FlanmixError("data file is empty", file=path, field="source.files", expected="at least one row")
@@ -79,7 +119,7 @@ def _infer_format(path: Path) -> str:
         if suffixes.endswith("." + fmt) or suffixes.endswith(f".{fmt}.gz"):
             return fmt
     raise FlanmixError(f"cannot infer the format of {path.name}", file=path, field="source.format",
-                       expected="one of json, jsonl, csv, tsv, parquet, flan_cot_tsv, niv2")
+                       expected="one of json, jsonl, csv, tsv, parquet, flan_cot_tsv, simple_cot_tsv, niv2")
 
 
 def read_flan_cot_tsv(path: Path) -> Iterator[dict]:
@@ -93,6 +133,24 @@ def read_flan_cot_tsv(path: Path) -> Iterator[dict]:
                                    expected="question<TAB>answer<TAB>rationale")
             question, answer, rationale = (f.replace("\\n", "\n").strip() for f in fields)
             yield {"question": question, "answer": answer, "rationale": rationale}
+
+
+def read_simple_cot_tsv(path: Path) -> Iterator[dict]:
+    """A FLAN CoT TSV read as FLAN's `prep.simple_cot_tsv` reads it (the catalog's CoT tasks render byte for byte):
+    one row per line, fields split on tabs, `question` and `chain_of_thought` with literal `\\n` turned into
+    newlines, `answer` as written, nothing stripped (FLAN keeps e.g. sensemaking's trailing newline); fields after
+    the third are ignored, as FLAN ignores them."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        lines = handle.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the file's final newline ends the last line
+    for lineno, line in enumerate(lines, 1):
+        fields = line.split("\t")
+        if len(fields) < 3:
+            raise FlanmixError(f"expected 3 tab-separated fields, got {len(fields)}", file=path, line=lineno,
+                               expected="question<TAB>answer<TAB>chain of thought")
+        yield {"question": fields[0].replace("\\n", "\n"), "answer": fields[1],
+               "chain_of_thought": fields[2].replace("\\n", "\n")}
 
 
 def read_niv2(path: Path) -> Iterator[dict]:
@@ -121,8 +179,24 @@ def read_niv2(path: Path) -> Iterator[dict]:
 
 _PLAIN_READERS: dict[str, Callable[[Path], Iterator[dict]]] = {
     "flan_cot_tsv": read_flan_cot_tsv,
+    "simple_cot_tsv": read_simple_cot_tsv,
     "niv2": read_niv2,
 }
+
+
+def _locate_bad_line(paths: list[Path], fmt: str) -> None:
+    """After `datasets` failed on JSON data: raise the first JSON problem with the data file's own line, if any."""
+    for path in paths:
+        if fmt == "json":
+            try:
+                read_json(path, what="JSON data file")
+                continue
+            except FlanmixError as err:
+                if "Extra data" not in err.message:  # several values: JSON lines, which `datasets` also reads
+                    raise
+        if fmt in ("json", "jsonl"):
+            for _ in iter_jsonl(path):
+                pass
 
 
 def _load_with_datasets(paths: list[Path], fmt: str, source: SourceSpec, file: str | None) -> list[dict]:
@@ -134,16 +208,23 @@ def _load_with_datasets(paths: list[Path], fmt: str, source: SourceSpec, file: s
         kwargs["delimiter"] = "\t"
     if source.columns and fmt in ("csv", "tsv"):
         kwargs["column_names"] = source.columns
-    # Quiet while reading, then as the caller had it (the switch is process-wide).
+    # Quiet while reading (no progress bars, no logged second line about a bad file), then as the caller had it:
+    # both switches are process-wide.
     bars_were_on = not datasets.are_progress_bars_disabled()
+    verbosity = datasets.logging.get_verbosity()
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
         dataset = datasets.load_dataset(builder, data_files=[str(p) for p in paths], split="train", **kwargs)
     except Exception as err:  # noqa: BLE001 - datasets raises many types for malformed files
-        raise FlanmixError(f"cannot read {fmt} data: {type(err).__name__}: {str(err).splitlines()[0][:200]}",
+        _locate_bad_line(paths, fmt)  # a JSON error: the data file's own line
+        cause = err.__cause__ or err.__context__ or err
+        raise FlanmixError(f"cannot read {fmt} data: {type(cause).__name__}: {str(cause).splitlines()[0][:200]}"
+                           if str(cause) else f"cannot read {fmt} data: {type(cause).__name__}",
                            file=", ".join(map(str, paths)), field="source.files",
                            expected=f"well-formed {fmt}") from None
     finally:
+        datasets.logging.set_verbosity(verbosity)
         if bars_were_on:
             datasets.enable_progress_bars()
     if len(dataset) == 0:
@@ -151,29 +232,23 @@ def _load_with_datasets(paths: list[Path], fmt: str, source: SourceSpec, file: s
     return dataset.to_list()
 
 
-def _load_hub(source: SourceSpec, file: str | None) -> list[dict]:
-    import datasets
-
-    try:
-        dataset = datasets.load_dataset(source.hub, source.config, split=source.split, revision=source.revision)
-    except Exception as err:  # noqa: BLE001
-        raise FlanmixError(f"cannot load hub dataset {source.describe()}: {type(err).__name__}: "
-                           f"{str(err).splitlines()[0][:200] if str(err) else ''}", file=file, field="source.hub",
-                           expected="a dataset available offline (HF_HUB_OFFLINE) or reachable hub") from None
-    return dataset.to_list()
-
-
-def iter_source(source: SourceSpec, *, task_name: str, base_dir: Path, file: str | None = None
-                ) -> Iterator[tuple[str, dict]]:
-    """Yield `(example_id, raw_row)` for a task's source."""
+def iter_source(source: SourceSpec, *, task_name: str, base_dir: Path, file: str | None = None,
+                root: Path | None = None) -> Iterator[tuple[str, dict]]:
+    """Yield `(example_id, raw_row)` for a task's source; `root` confines data files (see `resolve_files`)."""
     if source.kind == "builtin":
         yield from _generate(source, task_name, file)
         return
     if source.kind == "hub":
-        for index, row in enumerate(_load_hub(source, file)):
+        from flanmix.hub import hub_rows  # the mirror or `datasets` (flanmix.hub)
+
+        for index, row in enumerate(hub_rows(source, task_name=task_name, file=file)):
             yield f"{source.hub}:{source.split}:{index}", row
         return
-    paths = resolve_files(source, base_dir, file)
+    if source.kind == "repo":  # a repository's files, read from the hub mirror and confined to it
+        from flanmix.hub import repo_files_root
+
+        base_dir = root = repo_files_root(source, task_name=task_name, file=file)
+    paths = resolve_files(source, base_dir, file, root=root)
     fmt = source.format or _infer_format(paths[0])
     if fmt in _PLAIN_READERS:
         for path in paths:

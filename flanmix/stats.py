@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from flanmix.core.constants import TEMPLATE_TYPES
 from flanmix.core.errors import FlanmixError
 from flanmix.writer import ShardStats, length_summary, load_tokenizer, read_manifest, read_shard
 
@@ -37,6 +38,45 @@ def proportions(manifest: dict) -> dict[str, list[dict[str, Any]]]:
     return {"component": table(by_component), "task": table(by_task), "template_type": table(by_type)}
 
 
+def top_level(manifest: dict) -> list[dict[str, Any]]:
+    """Per top-level component of the mixture (e.g. Flan 2022's submixes; a wrapper around one mixture is looked
+    through): its target and realized share of the rows, and its template-type split as targeted (after the
+    fallbacks: no options, no few-shot templates), as planned, and as realized (FLAN drops few-shot rows left
+    without exemplars). A task in several components has its rows attributed in proportion to their target rates."""
+    node = manifest["tree"]
+    while len(node["components"]) == 1 and isinstance(node["components"][0].get("mixture"), dict):
+        node = node["components"][0]["mixture"]  # a wrapper around one mixture (e.g. a size override): look inside
+    labels = [c["label"] for c in node["components"]]
+    per_type = {(t["task"], t["template_type"]): t for t in manifest["targets"]}
+    task_rate: dict[str, float] = {}
+    for leaf in manifest["leaves"]:
+        task_rate[leaf["task"]] = task_rate.get(leaf["task"], 0.0) + leaf["rate"]
+    total_rate = sum(task_rate.values()) or 1.0
+    kinds = ("target_rate", "planned", "realized")
+    out = {label: {"target": 0.0, **{k: dict.fromkeys(TEMPLATE_TYPES, 0.0) for k in kinds}} for label in labels}
+    for leaf in manifest["leaves"]:
+        label = next((x for x in labels if leaf["component"] == x or leaf["component"].startswith(x + "/")), None)
+        if label is None:
+            continue
+        entry, share = out[label], leaf["rate"] / task_rate[leaf["task"]]
+        entry["target"] += leaf["rate"] / total_rate
+        for tt in TEMPLATE_TYPES:
+            found = per_type.get((leaf["task"], tt), {})
+            for kind in kinds:
+                entry[kind][tt] += found.get(kind, 0) * share
+    rows = max(1, manifest["size"]["rows"])
+    result = []
+    for label, e in out.items():
+        sums = {kind: sum(e[kind].values()) or 1.0 for kind in kinds}
+        result.append({"name": label, "target": e["target"], "realized": sum(e["realized"].values()) / rows,
+                       "rows": round(sum(e["realized"].values())), "planned_rows": round(sum(e["planned"].values())),
+                       "template_types": {tt: {"target": e["target_rate"][tt] / sums["target_rate"],
+                                               "planned": e["planned"][tt] / sums["planned"],
+                                               "realized": e["realized"][tt] / sums["realized"]}
+                                          for tt in TEMPLATE_TYPES}})
+    return result
+
+
 def token_summary(directory: Path, manifest: dict, tokenizer_path: str) -> dict:
     """Token-length summaries, counted by reading every shard with the given tokenizer."""
     tokenizer = load_tokenizer(tokenizer_path)
@@ -55,8 +95,8 @@ def mixture_stats(directory: str | Path, tokenizer: str | None = None) -> dict:
     lengths = dict(manifest["lengths"])
     if tokenizer:
         lengths.update(token_summary(directory, manifest, tokenizer))
-    return {"rows": manifest["size"], "proportions": proportions(manifest), "lengths": lengths,
-            "fallbacks": manifest.get("fallbacks", {})}
+    return {"rows": manifest["size"], "proportions": proportions(manifest), "components": top_level(manifest),
+            "lengths": lengths, "fallbacks": manifest.get("fallbacks", {})}
 
 
 def format_report(stats: dict, limit: int = 40) -> str:
@@ -75,6 +115,14 @@ def format_report(stats: dict, limit: int = 40) -> str:
                        f"{item['realized'] - item['target']:+.2%}")
         if len(items) > limit:
             out.append(f"... {len(items) - limit} more")
+    if len(stats.get("components", [])) > 1:
+        width = max(len(c["name"]) for c in stats["components"]) + 2
+        out.append("")
+        out.append(f"{'TOP-LEVEL':<{width}}TARGET   REALIZED  " + "  ".join(f"{tt:>8}" for tt in TEMPLATE_TYPES)
+                   + "  (realized template-type split)")
+        for c in stats["components"]:
+            split = "  ".join(f"{c['template_types'][tt]['realized']:8.1%}" for tt in TEMPLATE_TYPES)
+            out.append(f"{c['name']:<{width}}{c['target']:6.2%}  {c['realized']:8.2%}  {split}")
     out.append("")
     out.append("LENGTH          MEAN     MIN    P50    P90    P99     MAX")
     for name, s in stats["lengths"].items():

@@ -20,6 +20,7 @@ import jinja2.nodes
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 from flanmix.core.errors import FlanmixError
+from flanmix.sandbox import LimitedSandbox
 
 _SINGLE_EXPR = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}|\{\{|\{%).)*)\}\}\s*$", re.S)
 _BARE_NAME = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*$")
@@ -51,8 +52,9 @@ def _most_frequent(values: Sequence[Any]) -> list[Any]:
 
 
 def make_environment() -> SandboxedEnvironment:
-    """The one Jinja environment flanmix renders with; promptsource's `choice` filter draws from the seeded RNG."""
-    env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    """The one Jinja environment flanmix renders with (the sandbox with size and time limits, `flanmix.sandbox`);
+    promptsource's `choice` filter draws from the seeded RNG."""
+    env = LimitedSandbox(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     env.filters["choice"] = _seeded_choice
     env.filters["most_frequent"] = _most_frequent  # promptsource's other filter (squadshifts uses it)
     env.globals["zip"] = zip  # promptsource templates use it; it only pairs values, so it is safe in the sandbox
@@ -146,6 +148,7 @@ def _fast_render(tree: jinja2.nodes.Template) -> RenderFn | None:
             else:
                 return None
     global_vars = dict(ENV.globals)
+    max_chars = ENV.limits.max_chars
     pieces = tuple(parts)
     template = [text if not is_name else "" for is_name, text in pieces]
     slots = tuple((i, text) for i, (is_name, text) in enumerate(pieces) if is_name)
@@ -160,7 +163,10 @@ def _fast_render(tree: jinja2.nodes.Template) -> RenderFn | None:
             else:
                 raise jinja2.UndefinedError(f"'{name}' is undefined")
             out[i] = value if type(value) is str else str(value)
-        return "".join(out)
+        text = "".join(out)
+        if len(text) > max_chars:  # only data this large gets here: a substitution builds nothing itself
+            ENV.concat([text])  # raises the limit's error
+        return text
 
     return render
 

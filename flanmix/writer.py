@@ -12,15 +12,19 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
 
 from flanmix.core.atomic import write_jsonl
+from flanmix.core.capacity import check_fits
 from flanmix.core.errors import FlanmixError
-from flanmix.core.jsonl import read_jsonl
+from flanmix.core.jsonl import read_json, read_jsonl
+from flanmix.core.yamlio import validate_mapping
 
 COLUMNS = ("inputs", "targets", "task_name", "task_source", "template_type", "template_idx", "example_id", "cot")
 MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -210,22 +214,121 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
         raise FlanmixError("output path is a file", file=out_dir, field="--out", expected="a folder")
 
 
+# Preflight of a build: the plan's arrays while planning and shuffling (measured peak, rounded up), and the fewest
+# bytes a row takes in a shard (a demo row takes ~70 in zstd Parquet; a bound, not an estimate, so nothing that
+# fits is refused).
+PLAN_BYTES_PER_ROW = 64
+MIN_SHARD_BYTES_PER_ROW = 16
+
+
+def check_plan_fits(rows: int, out_dir: Path | str, *, file: str | Path | None = None, line: int | None = None
+                    ) -> None:
+    """Refuse a plan of `rows` rows that cannot fit in memory or on the disk under `out_dir`, before planning (the
+    error names the mixture's `file` and `line` of `size` when given)."""
+    check_fits(rows * PLAN_BYTES_PER_ROW, rows * MIN_SHARD_BYTES_PER_ROW, what=f"a plan of {rows:,} rows",
+               disk_path=Path(out_dir).parent, file=file, line=line, field="size",
+               expected="fewer rows (size.examples or size.tokens)")
+
+
 def write_manifest(directory: Path, manifest: dict) -> None:
     """Write `DIR/manifest.json` (sorted keys, so equal manifests are equal bytes)."""
     (Path(directory) / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n",
                                                    encoding="utf-8")
 
 
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _LengthStats(_Loose):
+    sum: int
+    min: int
+    max: int
+    hist: list[tuple[Annotated[int, Field(ge=0, lt=LENGTH_BINS)], int]]
+
+
+class _ShardStatsShape(_Loose):
+    rows: int = Field(ge=0)
+    counts: list[tuple[str, str, bool, int]]
+    lengths: dict[str, _LengthStats]
+
+
+class _ShardRecord(_Loose):
+    index: int = Field(ge=0)
+    file: str = Field(pattern=r"^[^/\\]+$", description="a file of the folder itself, never a path out of it")
+    rows: int = Field(ge=0)
+    sha256: str
+    stats: _ShardStatsShape
+
+
+class _Part(_Loose):
+    count: int = Field(ge=1)
+    index: int = Field(ge=0)
+
+
+class _BuildShape(_Loose):
+    format: Literal[FORMATS]
+    messages: bool
+    part: _Part | None = None
+    tokenizer: str | None = None
+
+
+class _Size(_Loose):
+    rows: int = Field(ge=0)
+    planned: int = Field(ge=0)
+    dedup_dropped: int = Field(ge=0)
+    decontaminated: int = Field(ge=0)
+
+
+class _Target(_Loose):
+    task: str
+    template_type: str
+    target_rate: float
+    realized: int = 0
+
+
+class _Leaf(_Loose):
+    component: str
+    task: str
+    rate: float
+
+
+class _Length(_Loose):
+    mean: float
+    min: int
+    max: int
+    p50: int
+    p90: int
+    p99: int
+
+
+class ManifestShape(_Loose):
+    """The parts of manifest.json that `stats` and `merge` read, checked before they are read: a hand-edited or
+    damaged manifest is one error naming the field, not a traceback."""
+
+    spec_hash: str
+    seed: int
+    spec: dict
+    build: _BuildShape
+    size: _Size
+    shards: list[_ShardRecord]
+    targets: list[_Target]
+    leaves: list[_Leaf]
+    lengths: dict[str, _Length]
+    fallbacks: dict[str, Any] = {}
+
+
 def read_manifest(directory: Path | str) -> dict:
-    """Load `DIR/manifest.json` of a built mixture."""
+    """Load `DIR/manifest.json` of a built mixture, checked against `ManifestShape`."""
     path = Path(directory) / "manifest.json"
     if not path.is_file():
         raise FlanmixError("not a built mixture (no manifest.json)", file=directory,
                            expected="a folder written by `flanmix build`")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise FlanmixError(f"invalid manifest: {err.msg}", file=path, line=err.lineno) from None
+    manifest = read_json(path, what="manifest")
+    if not isinstance(manifest, dict):
+        raise FlanmixError("invalid manifest: not a JSON object", file=path, expected="a manifest.json of a build")
+    validate_mapping(manifest, ManifestShape, source=path)
+    return manifest
 
 
 def total_stats(shards: Iterable[dict]) -> ShardStats:

@@ -6,16 +6,27 @@ from __future__ import annotations
 import argparse
 import json
 
+from flanmix.commands.argtypes import non_negative_int, positive_int
 from flanmix.commands.tasks import add_registry_option
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from flanmix.catalog import mixture_tasks, preflight
+    from flanmix.core.atomic import check_writable
+    from flanmix.hub import using_mirror
     from flanmix.mixture import build
+    from flanmix.registry import Registry
 
-    manifest = build(args.mixture, args.out, seed=args.seed, num_proc=args.num_proc, fmt=args.format,
-                     overwrite=args.overwrite, registry_dirs=args.registry, messages=args.messages,
-                     num_shards=args.num_shards, shard_index=args.shard_index, rows_per_shard=args.rows_per_shard,
-                     progress=not args.quiet)
+    check_writable(args.out, field="--out", folder=True)  # before planning and rendering, not after
+    with using_mirror(args.hub_mirror):  # workers inherit the mirror through the environment
+        registry = Registry.discover(args.registry)
+        preflight(mixture_tasks(args.mixture, registry))  # every hub source reachable, before reading any
+        manifest = build(args.mixture, args.out, seed=args.seed, num_proc=args.num_proc, fmt=args.format,
+                         overwrite=args.overwrite, registry_dirs=args.registry,
+                         registry=registry if args.engine == "local" else None,  # ray workers load their own
+                         messages=args.messages, num_shards=args.num_shards, shard_index=args.shard_index,
+                         rows_per_shard=args.rows_per_shard, progress=not args.quiet, engine=args.engine,
+                         address=args.address)
     size = manifest["size"]
     part = manifest["build"]["part"]
     where = f" (part {part['index'] + 1} of {part['count']})" if part else ""
@@ -25,8 +36,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    from flanmix.core.atomic import check_writable
     from flanmix.mixture import merge
 
+    check_writable(args.out, field="--out", folder=True)
     manifest = merge(args.parts, args.out, overwrite=args.overwrite, progress=not args.quiet)
     print(f"merged {len(args.parts)} parts: {manifest['size']['rows']} rows in {len(manifest['shards'])} shard(s) "
           f"to {args.out}")
@@ -54,16 +67,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("mixture", help="mixture file or bundled mixture name")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist unless --overwrite)")
     p.add_argument("--seed", type=int, help="override the mixture's seed")
-    p.add_argument("--num-proc", type=int, default=1, metavar="N", help="render with N processes (default 1)")
+    p.add_argument("--num-proc", type=positive_int, default=1, metavar="N", help="render with N processes (default 1)")
     p.add_argument("--format", choices=["parquet", "jsonl"], default="parquet")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--messages", action="store_true", help="add a chat `messages` column (user/assistant)")
-    p.add_argument("--num-shards", type=int, default=1, metavar="K",
+    p.add_argument("--num-shards", type=positive_int, default=1, metavar="K",
                    help="build only part of the mixture: one of K disjoint parts (merge with `flanmix merge`)")
-    p.add_argument("--shard-index", type=int, default=0, metavar="I", help="which part to build (0..K-1)")
-    p.add_argument("--rows-per-shard", type=int, default=25_000, metavar="R",
+    p.add_argument("--shard-index", type=non_negative_int, default=0, metavar="I", help="which part to build (0..K-1)")
+    p.add_argument("--rows-per-shard", type=positive_int, default=25_000, metavar="R",
                    help="planned rows per shard file (default 25000; part of the build's identity)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="render with local processes (default) or on a Ray cluster (docs/scale-out.md)")
+    p.add_argument("--address", metavar="ADDR",
+                   help="with --engine ray: the cluster (HOST:6379, ray://HOST:10001, auto; default: RAY_ADDRESS, "
+                        "else a local cluster)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--hub-mirror", action="append", default=[], metavar="DIR",
+                   help="read hub and repo sources from this mirror (`flanmix data mirror`; repeatable; also "
+                        "FLANMIX_HUB_MIRROR=DIR1:DIR2)")
     add_registry_option(p)
     p.set_defaults(func=cmd_build)
 
@@ -83,5 +104,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", metavar="FILE.png", help="also plot the proportions")
     p.add_argument("--tokenizer", metavar="PATH", help="count tokens with this tokenizer (folder or tokenizer.json)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument("--limit", type=int, default=40, help="rows per table (default 40)")
+    p.add_argument("--limit", type=positive_int, default=40, help="rows per table (default 40)")
     p.set_defaults(func=cmd_stats)

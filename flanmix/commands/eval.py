@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from flanmix.commands.tasks import add_allow_path_option
+
 # Flags that set an EvalOptions field have no argparse default (SUPPRESS): EvalOptions' own defaults apply, and
 # only the flags given reach it.
 _UNSET = argparse.SUPPRESS
@@ -57,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="extra task registry folder")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_allow_path_option(p)
     p.set_defaults(func=_run)
 
 

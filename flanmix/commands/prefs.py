@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from flanmix.commands.argtypes import positive_int
+from flanmix.core.atomic import check_writable
 from flanmix.core.errors import FlanmixError
 from flanmix.core.jsonl import iter_jsonl
 
@@ -28,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--tasks", nargs="+", help="task names, globs or cluster:NAME")
     src.add_argument("--from", dest="from_file",
                      help="JSONL with prompt/answer (or inputs/targets) rows instead of registered tasks")
-    g.add_argument("--n", type=int, default=200, help="examples per task (default 200)")
+    g.add_argument("--n", type=positive_int, default=200, help="examples per task (default 200)")
     g.add_argument("--split", choices=["train", "validation"], default="train")
     g.add_argument("--kind", choices=["pairs", "rankings"], default="pairs")
     g.add_argument("--k", type=int, default=4, help="responses per ranking (default 4)")
@@ -66,6 +68,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.k < 2:
         raise FlanmixError("--n must be >= 1 and --k >= 2", field="n")
+    check_writable(args.out, field="--out")  # before rendering, not after
     if args.tasks:
         rows = rows_from_tasks(args.tasks, n=args.n, split=args.split, kind=args.kind, k=args.k, seed=args.seed,
                                margin=args.margin, edits=args.edits)
@@ -85,6 +88,7 @@ def _import(args: argparse.Namespace) -> int:
     src = Path(args.src)
     if not src.is_file():
         raise FlanmixError("source file not found", file=src)
+    check_writable(args.out, field="--out")
     try:
         if args.format == "pandalm":
             rows, dropped = pandalm_rows(src, vote=args.vote)

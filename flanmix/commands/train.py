@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
 from flanmix.core.errors import FlanmixError
+from flanmix.core.yamlio import load_yaml
 from trainers.config import is_main_process
 from trainers.stages import run_stage, stage_names  # the registry is torch-free; a stage imports torch when it runs
 
@@ -39,7 +38,7 @@ def _overrides(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise FlanmixError(f"bad --set {item!r}", field="set", expected="KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = load_yaml(value, path=f"--set {key.strip()}")
     return out
 
 

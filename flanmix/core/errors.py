@@ -40,11 +40,13 @@ class FlanmixError(Exception):
 
     def with_context(self, *, file: str | Path | None = None, line: int | None = None,
                      field: str | None = None) -> FlanmixError:
-        """Fill in location details that the raiser did not know."""
+        """Fill in location details that the raiser did not know (a line only if it is a line of the error's file:
+        the line of a mixture is no line of the data file it names)."""
+        same_file = self.file is None or file is None or str(file) == self.file
         return FlanmixError(
             self.message,
             file=self.file or (str(file) if file is not None else None),
-            line=self.line or line,
+            line=self.line or (line if same_file else None),
             field=self.field or field,
             expected=self.expected,
         )

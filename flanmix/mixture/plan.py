@@ -16,6 +16,8 @@ from flanmix.mixture.resolve import Leaf
 from flanmix.sources import stable_seed
 from flanmix.task import Task
 
+LARGE_SOURCE = 1_000_000  # rows above which a leaf draws its distinct examples without a full permutation
+
 
 @dataclass
 class Plan:
@@ -81,6 +83,10 @@ def _plan_leaf(leaf: Leaf, count: int, seed: int, replacement: bool, notes: dict
     n = len(task.examples("train"))
     if replacement:
         example = rng.integers(n, size=count)
+    elif count < n and n > LARGE_SOURCE:
+        # Distinct rows without permuting the whole source: a permutation of a 50M-row dataset (WMT) would take
+        # seconds and gigabytes for a few thousand rows. Smaller sources keep the permutation (and their plans).
+        example = rng.choice(n, size=count, replace=False)
     else:
         # Every example once before any repeats (seqio's repeat-then-shuffle).
         passes = -(-count // n)

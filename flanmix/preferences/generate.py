@@ -205,8 +205,15 @@ def task_examples(tasks: Sequence[str], *, n: int = 200, split: str = "train", s
 def rows_from_tasks(tasks: Sequence[str], *, n: int = 200, split: str = "train", kind: str = "pairs",
                     k: int = 4, seed: int = 0, margin: bool = False, separator: str = " ",
                     edits: str = "mixed") -> list[dict]:
-    """Verifiable preference rows for registered tasks. `separator` goes between prompt and response (the
-    convention of the SFT rows, whose targets follow the inputs after a space)."""
-    ex = [(p + separator if separator and not p.endswith((" ", "\n")) else p, a)
-          for p, a in task_examples(tasks, n=n, split=split, seed=seed)]
-    return preference_rows(ex, kind=kind, k=k, seed=seed, margin=margin, edits=edits)
+    """Verifiable preference rows for registered tasks. `separator` starts every response, as it starts the
+    completion of an SFT row (inputs, then TARGET_DELIMITER + targets): prompt and responses then tokenize exactly
+    as in SFT and at inference. (On the prompt's end it would become a token of its own that SFT never trains.)"""
+    rows = preference_rows(task_examples(tasks, n=n, split=split, seed=seed), kind=kind, k=k, seed=seed,
+                           margin=margin, edits=edits)
+    for row in rows:
+        for key in ("chosen", "rejected"):
+            if key in row:
+                row[key] = separator + row[key]
+        if "responses" in row:
+            row["responses"] = [separator + r for r in row["responses"]]
+    return rows

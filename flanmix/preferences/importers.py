@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from flanmix.core.errors import FlanmixError
-from flanmix.core.jsonl import iter_jsonl, open_text, read_json
+from flanmix.core.jsonl import iter_jsonl, read_head, read_json
 
 HH_SPLIT = "\n\nAssistant:"
 
@@ -111,8 +111,7 @@ IMPORTERS = {"hh-rlhf": hh_rlhf_rows, "pandalm": pandalm_rows, "sharegpt": share
 
 def detect_format(path: Path) -> str:
     """'hh-rlhf', 'pandalm', 'sharegpt' or 'rows' (our own JSONL/JSON rows)."""
-    with open_text(path) as fh:
-        head = fh.read(4096).lstrip()
+    head = read_head(path).lstrip()
     if head.startswith("["):
         if '"annotator1"' in head:
             return "pandalm"

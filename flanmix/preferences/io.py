@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from flanmix.core.atomic import write_jsonl
 from flanmix.core.errors import FlanmixError
-from flanmix.core.jsonl import iter_jsonl, open_text
+from flanmix.core.jsonl import iter_jsonl, read_head, read_json
 from flanmix.preferences.importers import IMPORTERS, detect_format
 from flanmix.preferences.schema import Group, row_to_group
 
@@ -19,15 +18,8 @@ def read_rows(path: str | Path) -> list[tuple[dict, str]]:
     path = Path(path)
     if not path.is_file():
         raise FlanmixError("preference file not found", file=path)
-    with open_text(path) as fh:
-        head = fh.read(4096).lstrip()
-    if head.startswith("["):
-        with open_text(path) as fh:
-            text = fh.read()
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise FlanmixError(f"invalid JSON: {err.msg}", file=path, line=err.lineno) from None
+    if read_head(path).lstrip().startswith("["):
+        data = read_json(path, what="preference file")
         return [(row, f"{path}[{i}]") for i, row in enumerate(data)]
     return [(row, f"{path}:{n}") for n, row in iter_jsonl(path, objects=False)]
 

@@ -86,7 +86,7 @@ def test_jsonl_reads_gzip_and_reports_non_utf8(tmp_path):
     assert [n for n, _ in iter_jsonl(gz)] == [1, 2]
     bad = tmp_path / "latin1.jsonl"
     bad.write_bytes('{"a": "caf\xe9"}\n'.encode("latin-1"))
-    with pytest.raises(FlanmixError, match=r"latin1\.jsonl: not UTF-8"):
+    with pytest.raises(FlanmixError, match=r"latin1\.jsonl:1: not UTF-8"):  # the line of the bad byte
         read_jsonl(bad)
     with pytest.raises(FlanmixError, match=r"missing\.jsonl: file not found"):
         read_jsonl(tmp_path / "missing.jsonl")
