@@ -40,6 +40,23 @@ _VARIANT_LISTS = {
 LIST_NAMES = ("zero_shot", "zero_shot_no_options", "cot", "few_shot_patterns", "few_shot_patterns_no_options")
 
 
+def variant_specs(templates: TemplateSet, template_type: str, cot: bool = False) -> list[AnySpec]:
+    """The templates a variant draws from, uncompiled: what `PromptSet.items` compiles (planning needs only their
+    number and inversion flags, so a mixture of hundreds of FLAN tasks plans without compiling them)."""
+    if template_type not in TEMPLATE_TYPES:
+        raise FlanmixError(f"unknown template type {template_type!r}", field="template_type",
+                           expected=" | ".join(TEMPLATE_TYPES))
+    if cot:
+        return list(templates.cot)
+    first, fallback = _VARIANT_LISTS[template_type]
+    found = getattr(templates, first)
+    if found is None and fallback is not None:
+        found = getattr(templates, fallback)
+    if found is None:  # fs_noopt without any few-shot patterns: glue around the zero-shot templates
+        found = templates.zero_shot
+    return list(found or [])
+
+
 class Rendered(NamedTuple):
     """A rendered input/target pair and, for evaluation, the options shown and the expected answer."""
 

@@ -13,12 +13,13 @@ from pydantic import Field, field_validator, model_validator
 from flanmix.core.strict import Strict
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
-FILE_FORMATS = ("json", "jsonl", "csv", "tsv", "parquet", "flan_cot_tsv", "niv2")
+FILE_FORMATS = ("json", "jsonl", "csv", "tsv", "parquet", "flan_cot_tsv", "simple_cot_tsv", "niv2")
 METRICS = ("exact_match", "rank_classification", "cot_exact_match", "contains")
 
 
 class SourceSpec(Strict):
-    """Where raw rows come from: exactly one of `builtin`, `files` or `hub`."""
+    """Where raw rows come from: exactly one of `builtin`, `files` or `hub`; `repo` + `files` names files of a
+    public repository (FLAN's CoT TSVs, natural-instructions task JSONs), read from a mirror (`flanmix.hub`)."""
 
     builtin: str | None = Field(None, description="a bundled generator ('arithmetic.add') or 'module:function'")
     examples: int = Field(1000, gt=0, description="rows a builtin generator produces")
@@ -29,18 +30,26 @@ class SourceSpec(Strict):
     hub: str | None = Field(None, description="a Hugging Face dataset id")
     config: str | None = None
     split: str = "train"
-    revision: str | None = None
+    revision: str | None = Field(None, description="hub or repo revision (a commit, tag or branch)")
+    repo: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+$", description=(
+        "a GitHub repository (owner/name) whose `files` (paths or globs from its root) hold the rows"))
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SourceSpec:
         given = [k for k in ("builtin", "files", "hub") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of builtin, files, hub (got {given or 'none'})")
+        if self.repo is not None and self.files is None:
+            raise ValueError("repo needs files (paths or globs inside the repository)")
         return self
 
     @property
     def kind(self) -> str:
-        return "builtin" if self.builtin else "files" if self.files is not None else "hub"
+        if self.builtin:
+            return "builtin"
+        if self.files is not None:
+            return "repo" if self.repo else "files"
+        return "hub"
 
     def describe(self) -> str:
         """A short human-readable name of the source."""
@@ -49,7 +58,7 @@ class SourceSpec(Strict):
         if self.hub:
             return f"hub:{self.hub}" + (f"/{self.config}" if self.config else "") + f":{self.split}"
         files = self.files if isinstance(self.files, str) else ",".join(self.files or [])
-        return f"files:{files}"
+        return f"repo:{self.repo}:{files}" if self.repo else f"files:{files}"
 
 
 class TemplateSpec(Strict):
@@ -162,9 +171,21 @@ class TaskSpec(Strict):
         "length budget of a few-shot input in tokens, used instead of characters when the mixture names a "
         "tokenizer (FLAN: 1,920)"))
     dialog_field: str = Field("dialog", description="row field with the dialog turns a `{{ dialog_ }}` block shows")
+    verified: bool | None = Field(None, description=(
+        "hub and repo sources: true when the dataset's name, config and columns were confirmed from its card or "
+        "docs, false when they are a best guess (listed by `flanmix catalog`); None for other sources"))
+    filter: str | None = Field(None, description=(
+        "a Jinja boolean expression over the raw row (`label != -1` or `{{ label != -1 }}`); rows where it is "
+        "false are dropped before the split"))
     inversion_of: str | None = Field(None, pattern=NAME_PATTERN, description=(
         "the task this one inverts (FLAN's CoT and dialog input-inversion tasks); a mixture's `inversion_tasks` "
         "ratio then sets its rate relative to that task's"))
+
+    @model_validator(mode="after")
+    def _verified_only_for_hub(self) -> TaskSpec:
+        if self.verified is not None and self.source.kind not in ("hub", "repo"):
+            raise ValueError("verified applies to hub and repo sources only (omit it for builtin and files sources)")
+        return self
 
     @field_validator("fields")
     @classmethod

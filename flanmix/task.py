@@ -18,13 +18,24 @@ from typing import Any, Literal
 from flanmix.core.constants import TemplateType
 from flanmix.core.errors import FlanmixError
 from flanmix.fewshot import MODES, draw_template_mix, draw_x_shot, flan_prompt, glue_prompt, template_mix_separator
-from flanmix.prompts import CompiledTemplate, PromptSet, Rendered, RowFields
+from flanmix.prompts import CompiledTemplate, PromptSet, Rendered, RowFields, variant_specs
 from flanmix.sources import is_validation, iter_source, stable_seed
 from flanmix.spec import FewShotFormat, TaskSpec, TemplateSet
-from flanmix.templates import compile_value
+from flanmix.templates import ENV, RNG_VARIABLE, Compiled, compile_value, referenced_names
 
 Split = Literal["train", "validation"]
 Counter = Callable[[str], int]
+
+
+def compile_filter(source: str, *, file: str | None = None, line: int | None = None) -> Compiled:
+    """Compile a spec's `filter`: one Jinja expression (bare, or in `{{ }}`) evaluated on a raw row."""
+    text = source.strip()
+    if not text.startswith("{{"):
+        text = "{{ " + text + " }}"
+    if text.count("{{") != 1 or not text.endswith("}}"):
+        raise FlanmixError("a filter is one Jinja expression", file=file, line=line, field="filter",
+                           expected="e.g. `label != -1` or `{{ label != -1 }}`")
+    return compile_value(text, field="filter", file=file, line=line)
 
 
 @dataclass
@@ -61,7 +72,10 @@ class Task:
 
     def __init__(self, spec: TaskSpec, templates: TemplateSet, *, spec_file: Path | None = None,
                  template_file: Path | None = None, template_lines: dict[tuple, int] | None = None,
-                 spec_lines: dict[str, int] | None = None, data_root: Path | None = None) -> None:
+                 spec_lines: dict[str, int] | None = None, data_root: Path | None = None,
+                 compile_templates: bool = True) -> None:
+        """`compile_templates=False` defers compiling the templates to their first use (the bundled FLAN catalog's
+        thousands of templates would otherwise cost every command seconds; tests compile each of them)."""
         self.spec = spec
         self.templates = templates
         self.spec_file = spec_file
@@ -72,18 +86,48 @@ class Task:
         self._separators: dict[int, str] = {}  # template_mix separator per render seed
         tfile = str(self.template_file) if self.template_file else f"<task {spec.name}>"
         sfile = str(spec_file) if spec_file else f"<task {spec.name}>"
-        spec_lines = spec_lines or {}
-        self._fields = [(name, compile_value(src, field=f"fields.{name}", file=sfile,
-                                             line=spec_lines.get(name)))
-                        for name, src in spec.fields.items()]
+        self._spec_lines = spec_lines or {}
+        self._mappings: tuple[list[tuple[str, Compiled]], Compiled | None] | None = None
         fields = RowFields(answer=spec.answer_field, options=spec.options_field, dialog=spec.dialog_field)
-        self.prompts = PromptSet(templates, fields=fields, file=tfile, lines=template_lines, fields_file=sfile)
-        if self.prompts.lists["cot"] and not spec.rationale_field:
+        self._prompt_args = (fields, tfile, template_lines, sfile)
+        self._prompts: PromptSet | None = None
+        if compile_templates:
+            self._prompts = self.prompts
+            self._compiled_mappings()
+        if templates.cot and not spec.rationale_field:
             # CoT templates need a rationale to exist; say so at registration rather than at render time.
             raise FlanmixError("task has cot templates but no rationale_field", file=sfile, field="rationale_field",
                                expected="the name of the field holding the chain-of-thought rationale")
 
+    def with_templates(self, templates: TemplateSet, *, template_file: Path | None = None,
+                       template_lines: dict[tuple, int] | None = None) -> Task:
+        """This task with another template set (compiled now), sharing the rows this task has loaded: the studio
+        re-renders an edited set on every keystroke without reading the data again."""
+        task = Task(self.spec, templates, spec_file=self.spec_file, template_file=template_file or self.template_file,
+                    template_lines=template_lines, spec_lines=self._spec_lines, data_root=self.data_root)
+        task._splits = self._splits
+        return task
+
     # ------------------------------------------------------------------------------------------ properties
+    @property
+    def prompts(self) -> PromptSet:
+        """The compiled template set (compiled on first use when the task was created with
+        `compile_templates=False`)."""
+        if self._prompts is None:
+            fields, tfile, lines, sfile = self._prompt_args
+            self._prompts = PromptSet(self.templates, fields=fields, file=tfile, lines=lines, fields_file=sfile)
+        return self._prompts
+
+    def _compiled_mappings(self) -> tuple[list[tuple[str, Compiled]], Compiled | None]:
+        """The compiled field mappings and filter (compiled on first use, like the templates)."""
+        if self._mappings is None:
+            sfile, lines = self._prompt_args[3], self._spec_lines
+            fields = [(name, compile_value(src, field=f"fields.{name}", file=sfile, line=lines.get(name)))
+                      for name, src in self.spec.fields.items()]
+            where = {"file": sfile, "line": lines.get("filter")}
+            self._mappings = fields, compile_filter(self.spec.filter, **where) if self.spec.filter else None
+        return self._mappings
+
     @property
     def name(self) -> str:
         return self.spec.name
@@ -94,22 +138,28 @@ class Task:
 
     @property
     def has_cot(self) -> bool:
-        return bool(self.prompts.lists["cot"])
+        return bool(self.templates.cot)
 
     @property
     def has_options(self) -> bool:
         return bool(self.spec.options_field) or any(
             t.options for kind in ("zero_shot", "cot") for t in getattr(self.templates, kind))
 
+    @property
+    def has_opt_variants(self) -> bool:
+        """Whether zs_opt/fs_opt rows differ from the no-options ones: the task shows answer options, or its set
+        words the two variants differently (FLAN renders a summarization task in both wordings)."""
+        return self.has_options or self.templates.zero_shot_no_options is not None
+
     def num_templates(self, cot: bool = False, template_type: TemplateType = "zs_opt") -> int:
-        """How many templates a variant draws from (zero-shot by default)."""
-        return len(self.prompts.items(template_type, cot))
+        """How many templates a variant draws from (zero-shot by default; read without compiling them)."""
+        return len(variant_specs(self.templates, template_type, cot))
 
     def template_indices(self, *, cot: bool = False, inverted: bool | None = None,
                          template_type: TemplateType = "zs_opt") -> list[int]:
         """Indices of a variant's templates (zero-shot by default), optionally only (non-)inverted ones."""
-        items = self.prompts.items(template_type, cot)
-        return [i for i, t in enumerate(items) if inverted is None or t.spec.inverted == inverted]
+        items = variant_specs(self.templates, template_type, cot)
+        return [i for i, t in enumerate(items) if inverted is None or t.inverted == inverted]
 
     def same_templates_in_every_variant(self, cot: bool = False) -> bool:
         """True when every variant draws from one list of the same length (template K means the same K)."""
@@ -118,7 +168,7 @@ class Task:
     def variants(self) -> list[str]:
         """The template types this task renders meaningfully (opt variants need answer options; few-shot variants
         need few-shot patterns when the set lists them)."""
-        kinds = ["zs_opt", "zs_noopt", "fs_opt", "fs_noopt"] if self.has_options else ["zs_noopt", "fs_noopt"]
+        kinds = ["zs_opt", "zs_noopt", "fs_opt", "fs_noopt"] if self.has_opt_variants else ["zs_noopt", "fs_noopt"]
         return [k for k in kinds if k.startswith("zs") or self.num_templates(template_type=k) > 0]
 
     def provenance(self) -> dict[str, list[str | None]]:
@@ -134,6 +184,10 @@ class Task:
             for example_id, raw in iter_source(self.spec.source, task_name=self.name, base_dir=base,
                                                file=str(self.spec_file) if self.spec_file else None,
                                                root=self.data_root):
+                if not splits["train"] and not splits["validation"] and self.spec.source.kind in ("hub", "repo"):
+                    self._check_columns(raw)  # a catalog mapping names the dataset's columns: check them once
+                if self.spec.filter is not None and not self._keep(example_id, raw):
+                    continue
                 split = "validation" if is_validation(raw, fraction) else "train"
                 splits[split].append(Example(example_id, raw))
             if not splits["train"] and not splits["validation"]:
@@ -141,6 +195,30 @@ class Task:
                                    field="source", expected="at least one row")
             self._splits = splits
         return self._splits
+
+    def _check_columns(self, raw: dict) -> None:
+        """Every column the filter and the field mappings read exists in the data (else one line naming the task,
+        its source and the field), so a dataset whose schema changed fails before anything renders."""
+        known = set(raw) | set(ENV.globals) | {RNG_VARIABLE}
+        checks = ([("filter", self.spec.filter)] if self.spec.filter else []) + [
+            (f"fields.{name}", src) for name, src in self.spec.fields.items()]
+        for field_name, source in checks:
+            missing = sorted(referenced_names(source) - known)
+            if missing:
+                raise FlanmixError(f"task {self.name!r} (source {self.spec.source.describe()}): column "
+                                   f"{missing[0]!r} is not in the data", file=self.spec_file, field=field_name,
+                                   expected=f"one of the columns {sorted(raw)[:20]}")
+            if field_name.startswith("fields."):
+                known.add(field_name[len("fields."):])  # later mappings may read earlier ones
+
+    def _keep(self, example_id: str, raw: dict) -> bool:
+        """The spec's `filter` on one raw row; an error names the task, its source and the row."""
+        try:
+            return bool(self._compiled_mappings()[1](raw))
+        except FlanmixError as err:
+            raise FlanmixError(f"task {self.name!r} (source {self.spec.source.describe()}): filter failed on row "
+                               f"{example_id}: {err.message}", file=err.file, line=err.line, field="filter",
+                               expected=err.expected) from None
 
     def examples(self, split: Split = "train") -> list[Example]:
         """The task's examples of one split (train, or the held-out validation rows)."""
@@ -154,7 +232,7 @@ class Task:
             context = dict(example.raw)
             # A `choice` in a field mapping draws per example, seeded by (source seed, task, example id).
             rng = _LazyRandom((self.spec.source.seed, self.name, example.example_id, "fields"))
-            for name, compiled in self._fields:
+            for name, compiled in self._compiled_mappings()[0]:
                 context[name] = compiled(context, rng)
             example.context = context
         return example.context

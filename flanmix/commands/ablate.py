@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from flanmix.commands.argtypes import positive_int
 from flanmix.commands.tasks import add_allow_path_option
 
 
@@ -28,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--only", metavar="GLOB", help="run only the cells whose id matches (e.g. 'n004-*')")
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch CPU threads (overrides the spec; 1 is fastest when other jobs share the cores)")
-    p.add_argument("--jobs", type=int, metavar="N", help="cells run at once (overrides the spec)")
+    p.add_argument("--jobs", type=positive_int, metavar="N", help="cells run at once (overrides the spec)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="run cells as local processes (default) or as Ray tasks with the spec's resources "
                         "(docs/scale-out.md)")

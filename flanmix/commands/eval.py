@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from flanmix.commands.argtypes import non_negative_int, positive_int
 from flanmix.commands.tasks import add_allow_path_option
 
 # Flags that set an EvalOptions field have no argparse default (SUPPRESS): EvalOptions' own defaults apply, and
@@ -28,22 +29,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "comma-separated)")
     p.add_argument("--split", default=_UNSET, choices=("validation", "train", "test"),
                    help="held-out rows of registered tasks; MMLU val/ (validation, the default) or test/ (test)")
-    p.add_argument("--limit", type=int, default=_UNSET, help="at most N examples per task")
+    p.add_argument("--limit", type=positive_int, default=_UNSET, help="at most N examples per task")
     p.add_argument("--variant", default=_UNSET, choices=("zs_opt", "zs_noopt", "fs_opt", "fs_noopt"),
                    help="template type for registered tasks (default zs_opt; *_opt falls back to *_noopt for tasks "
                         "without options)")
-    p.add_argument("--template-idx", type=int, default=_UNSET,
+    p.add_argument("--template-idx", type=non_negative_int, default=_UNSET,
                    help="use this zero-shot template for every row (default: cycle through the non-inverted "
                         "templates)")
     p.add_argument("--seed", type=int, default=_UNSET, help="render seed (few-shot exemplars; default 0)")
-    p.add_argument("--batch-size", type=int, default=_UNSET, help="generation batch size (default 32; scoring "
+    p.add_argument("--batch-size", type=positive_int, default=_UNSET, help="generation batch size (default 32; scoring "
                                                                    "uses 2x)")
-    p.add_argument("--max-new-tokens", type=int, default=_UNSET,
+    p.add_argument("--max-new-tokens", type=positive_int, default=_UNSET,
                    help="generation budget (default: longest reference + 8, at most 64; 256 for CoT)")
     p.add_argument("--bbh-cot", action="store_true", default=_UNSET,
                    help="BBH with chain-of-thought exemplars and answer extraction")
-    p.add_argument("--bbh-shots", type=int, default=_UNSET, help="BBH exemplars from cot-prompts/ (default 3)")
-    p.add_argument("--mmlu-shots", type=int, default=_UNSET, help="MMLU exemplars from dev/ (default 0)")
+    p.add_argument("--bbh-shots", type=non_negative_int, default=_UNSET,
+                   help="BBH exemplars from cot-prompts/ (default 3)")
+    p.add_argument("--mmlu-shots", type=non_negative_int, default=_UNSET, help="MMLU exemplars from dev/ (default 0)")
     p.add_argument("--mmlu-choices", default=_UNSET, choices=("letters", "text"),
                    help="rank the letters A-D (default) or the choice texts")
     p.add_argument("--metrics", type=_names, default=_UNSET,
@@ -51,9 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "contains); default: each task's own")
     p.add_argument("--no-eos", dest="include_eos", action="store_false", default=_UNSET,
                    help="rank options without scoring EOS after them")
-    p.add_argument("--threads", type=int, default=_UNSET,
+    p.add_argument("--threads", type=positive_int, default=_UNSET,
                    help="torch threads (default: 1 for models under 20M parameters)")
-    p.add_argument("--samples", type=int, default=_UNSET,
+    p.add_argument("--samples", type=non_negative_int, default=_UNSET,
                    help="example predictions per task in the JSON (default 3)")
     p.add_argument("--registry", dest="registry_dirs", action="append", default=_UNSET, metavar="DIR",
                    help="extra task registry folder")

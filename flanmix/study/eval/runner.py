@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from flanmix.core.atomic import write_json
+from flanmix.core.atomic import check_writable, write_json
 from flanmix.study.eval.items import DEFAULT_COT_MAX_NEW_TOKENS, DEFAULT_MAX_NEW_TOKENS, GENERATIVE, EvalSet, Scorer
 from flanmix.study.eval.metrics import aggregate
 from flanmix.study.eval.options import EvalOptions
@@ -30,6 +30,8 @@ def evaluate(model: Any, tasks: Sequence[str] | Sequence[EvalSet], options: Eval
     options = options or EvalOptions()
     t0 = time.perf_counter()
     model_desc = str(model) if isinstance(model, (str, Path)) else type(model).__name__
+    if out is not None:
+        check_writable(out, field="out")  # an unwritable --out fails now, not after the whole evaluation
     if isinstance(model, (str, Path)):
         check_model_dir(model)  # fail on a bad folder before the (slower) task rendering
     if tasks and all(isinstance(t, EvalSet) for t in tasks):
