@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import make_registry
 
 from flanmix.core.errors import FlanmixError
 from flanmix.mixture import build, merge
 from flanmix.writer import read_manifest
+from helpers import make_registry
 
 SPEC = {
     "seed": 5, "size": {"examples": 2400}, "rate": {"by": "examples", "cap": 400}, "cot": 0.4, "inversion": 0.3,

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_registry
 
 from flanmix.core.errors import FlanmixError
 from flanmix.mixture import (
@@ -23,6 +22,7 @@ from flanmix.mixture import (
     make_plan,
     resolve,
 )
+from helpers import make_registry
 
 
 @pytest.fixture(scope="module")
@@ -186,9 +186,8 @@ def test_cap_must_be_positive(registry, tmp_path, cap):
 
 
 def test_template_failing_mid_build_names_task_and_row(tmp_path):
-    from helpers import write_task
-
     from flanmix.registry import Registry
+    from helpers import write_task
 
     root = tmp_path / "reg"
     root.mkdir()
@@ -209,10 +208,9 @@ def test_template_failing_mid_build_names_task_and_row(tmp_path):
 
 
 def test_source_failing_mid_build(tmp_path):
-    from helpers import write_task
-
     from flanmix.registry import Registry
     from flanmix.sources import register_generator
+    from helpers import write_task
 
     calls = {"n": 0}
 

@@ -122,9 +122,9 @@ def test_task_examples_take_template_indices_of_the_variant_they_render(tmp_path
     from helpers import write_task
 
     path = write_task(tmp_path, "fsq", "alpha", 40, cot=False, extra="few_shot_k: 1")
-    text = path.read_text().replace(
-        "templates:\n  zero_shot:",
-        "templates:\n  few_shot_patterns:\n    - {input: \"sum {{ question }}\", target: \"{{ answer }}\"}\n  zero_shot:")
+    pattern = '    - {input: "sum {{ question }}", target: "{{ answer }}"}\n'
+    text = path.read_text().replace("templates:\n  zero_shot:",
+                                    "templates:\n  few_shot_patterns:\n" + pattern + "  zero_shot:")
     path.write_text(text)
     rows = task_examples(["fsq"], n=6, template_type="fs_noopt", extra_dirs=[str(tmp_path)])
     assert len(rows) == 6
