@@ -12,9 +12,11 @@ from, so the adapter, optimizer and RNG states come back exactly while a checkpo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,12 +140,14 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self.acc.wait_for_everyone()
-        self.acc.save_state(str(tmp))
-        self.acc.wait_for_everyone()
+        with write_errors(f"[{self.log.name}] checkpoint step-{step}", tmp):
+            self.acc.save_state(str(tmp))
+            self.acc.wait_for_everyone()
+            if is_main:
+                (tmp / "loop_state.json").write_text(json.dumps(
+                    {"step": step, "position": position, "total_steps": self.total_steps, "stage": self.log.name,
+                     "config": self.cfg.loop_fields()}, indent=1))
         if is_main:
-            (tmp / "loop_state.json").write_text(json.dumps(
-                {"step": step, "position": position, "total_steps": self.total_steps, "stage": self.log.name,
-                 "config": self.cfg.loop_fields()}, indent=1))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             keep = self.cfg.keep_checkpoints
@@ -154,6 +158,25 @@ class Checkpointer:
         return final
 
 
+# What torch's zip writer says when a write fails part-way (a full disk): a RuntimeError, not an OSError.
+TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
+
+
+@contextlib.contextmanager
+def write_errors(what: str, tmp: Path) -> Iterator[None]:
+    """Turn a failed write inside the block (a full disk, a quota, a read-only file system) into one FlanmixError
+    naming `what`, after removing the half-written `tmp` folder; other errors pass through unchanged."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and not any(m in str(err) for m in TORCH_WRITE_FAILURES):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip().splitlines()[-1]
+        raise FlanmixError(f"{what} could not be written: {reason} (is the disk full?)", file=tmp.parent,
+                           expected="free space for the checkpoint") from None
+
+
 def save_final(stage: Stage, ctx: LoopContext, out_dir: Path) -> None:
     """Write the trained model with `stage.save` into a temporary folder renamed to `out_dir` when complete."""
     acc = ctx.accelerator
@@ -162,7 +185,8 @@ def save_final(stage: Stage, ctx: LoopContext, out_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     acc.wait_for_everyone()
-    stage.save(ctx, tmp)
+    with write_errors("final model", tmp):
+        stage.save(ctx, tmp)
     acc.wait_for_everyone()
     if acc.is_main_process:
         shutil.rmtree(out_dir, ignore_errors=True)

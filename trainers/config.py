@@ -86,9 +86,20 @@ class LoopSettings(StrictMutable):
     resume: str = "auto"                              # auto | never | path to a checkpoint folder
     progress: bool = True
     tensorboard: bool = True
+    # more trackers through accelerate (each needs its package; configured by its own environment variables,
+    # e.g. WANDB_MODE=offline, MLFLOW_TRACKING_URI=file:/path); `project` names the wandb project / MLflow experiment
+    log_with: list[Literal["wandb", "mlflow"]] = Field(default_factory=list)
+    project: str = "flanmix"
     deepspeed: str | dict[str, Any] | None = None     # DeepSpeed config (file or dict); or `accelerate launch`'s
     save_final: bool = True
     threads: int | None = Field(None, ge=1)           # torch CPU threads during the run (None: torch's default)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _not_a_file(cls, value: str) -> str:
+        if Path(value).is_file():
+            raise ValueError(f"{value} is an existing file; expected a folder (new or a run to resume)")
+        return value
 
     def loop_fields(self) -> dict[str, Any]:
         """Only the loop's settings (not a stage's own fields), JSON-ready (recorded in every checkpoint)."""
@@ -123,5 +134,9 @@ def write_run_info(cfg: BaseModel, name: str, extra: dict | None = None) -> None
     if not is_main_process():
         return
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file on the way, a read-only file system: one line, before any work
+        raise FlanmixError(f"cannot create the run folder: {err.strerror or err}", file=out, field="output_dir",
+                           expected="a writable folder") from None
     write_text(out / f"{name}_config.json", json.dumps({**cfg.model_dump(), **(extra or {})}, indent=1, default=str))

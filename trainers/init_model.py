@@ -266,7 +266,14 @@ def read_corpus(path: str | Path) -> list[str]:
                 if isinstance(m, dict) and isinstance(m.get("content"), str):
                     texts.append(m["content"])
         return texts
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise FlanmixError(f"not UTF-8 text (byte {err.start} cannot be decoded)", file=path, field="corpus",
+                           expected="a text file, .jsonl or .parquet") from None
+    except OSError as err:
+        raise FlanmixError(f"cannot read: {err.strerror or err}", file=path, field="corpus") from None
+    return [line for line in text.splitlines() if line.strip()]
 
 
 def default_corpus() -> list[str]:

@@ -12,7 +12,8 @@ Outputs in settings.output_dir:
     final/                 the trained model as a transformers folder (stage.save)
 
 Resume: resume = "auto" (latest complete checkpoint if any) | "never" | PATH. A resumed run reproduces the
-uninterrupted run's loss curve exactly (data order is a pure function of seed and position; RNG states restored).
+uninterrupted run's loss curve exactly (data order is a pure function of seed and position; RNG states restored);
+metrics.jsonl is cut back to the checkpoint's step and TensorBoard purges the later steps, so no step repeats.
 
 NaN/inf loss: the loop stops with FlanmixError naming the step and the last good checkpoint; it never saves a
 checkpoint after a non-finite loss. The check runs at log steps and before each save (no per-step device sync).
@@ -61,12 +62,14 @@ def train(stage: Stage, cfg: LoopSettings) -> TrainResult:
         if stage.state_dict() is not None:
             accelerator.register_for_checkpointing(StageState(stage))
 
-        with MetricsLog(out, stage.name, enabled=accelerator.is_main_process, tensorboard=cfg.tensorboard) as log:
+        with MetricsLog(out, stage.name, enabled=accelerator.is_main_process, tensorboard=cfg.tensorboard,
+                        accelerator=accelerator, project=cfg.project, config=cfg.loop_fields()) as log:
             ctx = LoopContext(accelerator=accelerator, model=model, unwrapped=accelerator.unwrap_model(model),
                               cfg=cfg, log=log.write)
             guard = NonFiniteGuard(accelerator.device)
             ckpt = Checkpointer(accelerator, cfg, log, guard, steps_total)
             step, position = ckpt.resume()
+            log.start(step)  # drops what a crash left after the checkpoint: logged steps stay strictly increasing
             ctx.step = step
             stage.setup(ctx)
             data = StepBatches(stage, ctx, dataset, position)

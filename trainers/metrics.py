@@ -14,25 +14,47 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from flanmix.core.atomic import write_text
 from flanmix.core.errors import FlanmixError
 
 
 class MetricsLog:
     """One JSON object per log/eval event in `<out>/metrics.jsonl`, the same scalars in `<out>/tb` (TensorBoard,
-    when installed) and in `history`. Only the main process writes; the others keep nothing."""
+    when installed) and in `history`. Only the main process writes; the others keep nothing.
 
-    def __init__(self, out: Path, name: str, *, enabled: bool, tensorboard: bool):
-        self.name, self.enabled = name, enabled
+    Nothing is opened until `start(step)`, called once the run knows where it starts: a resumed run first drops
+    the records after its checkpoint's step (a crash after the checkpoint left them, and the resumed run logs
+    those steps again) and tells TensorBoard to purge them, so the steps of a run are strictly increasing."""
+
+    def __init__(self, out: Path, name: str, *, enabled: bool, tensorboard: bool, accelerator: Any = None,
+                 project: str = "flanmix", config: dict | None = None):
+        self.out, self.name, self.enabled, self.tensorboard = out, name, enabled, tensorboard
         self.history: list[dict] = []
         self.writer = None
-        if enabled and tensorboard:
+        self.file = None
+        # accelerate's trackers (wandb, mlflow), when the accelerator was made with log_with
+        self.accelerator = accelerator if accelerator is not None and accelerator.log_with else None
+        self.project, self.config = project, config or {}
+
+    def start(self, step: int) -> None:
+        """Open metrics.jsonl (kept up to `step`, the step the run starts from) and the TensorBoard writer."""
+        if not self.enabled:
+            return
+        path = self.out / "metrics.jsonl"
+        truncate_records(path, step)
+        if self.tensorboard:
             try:  # tensorboard is an optional dependency, hence imported here
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(out / "tb"))
+                # purge_step: TensorBoard hides the older event files' events from this step on
+                self.writer = SummaryWriter(str(self.out / "tb"), purge_step=step + 1 if step else None)
             except ImportError:
                 self.writer = None
-        self.file = (out / "metrics.jsonl").open("a", encoding="utf-8") if enabled else None
+        self.file = path.open("a", encoding="utf-8")
+        if self.accelerator is not None:
+            self.accelerator.init_trackers(self.project, config=self.config, init_kwargs={
+                "wandb": {"dir": str(self.out), "name": f"{self.name}:{self.out.name}"},
+                "mlflow": {"run_name": f"{self.name}:{self.out.name}"}})
 
     def __enter__(self) -> MetricsLog:
         return self
@@ -46,10 +68,13 @@ class MetricsLog:
             return
         self.history.append(record)
         self.event(record)
+        scalars = {f"{self.name}/{k}": v for k, v in record.items()
+                   if isinstance(v, (int, float)) and k != "step"}
         if self.writer is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.writer.add_scalar(f"{self.name}/{k}", v, record["step"])
+            for k, v in scalars.items():
+                self.writer.add_scalar(k, v, record["step"])
+        if self.accelerator is not None:
+            self.accelerator.log(scalars, step=record["step"])
 
     def event(self, record: dict) -> None:
         """Append a record to metrics.jsonl only (e.g. the step where the loss became non-finite)."""
@@ -64,6 +89,30 @@ class MetricsLog:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self.accelerator is not None:
+            # finish the wandb / MLflow runs here, also when the run failed (the loop's end_training then has none)
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
+            self.accelerator.trackers = []
+
+
+def truncate_records(path: Path, step: int) -> None:
+    """Keep only the records of `path` (a metrics.jsonl) up to `step`; a torn last line (a kill mid-write) and
+    every line after `step` go. The file is rewritten atomically, and only when something is dropped."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            break  # a torn line: nothing after it was written by a complete run
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+            break  # records are in step order: the rest belongs to the steps the resumed run repeats
+        kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) < len(lines) or any(not line.endswith("\n") for line in lines):
+        write_text(path, "".join(kept))
 
 
 def progress_bar(name: str, total: int, initial: int, enabled: bool) -> tqdm:

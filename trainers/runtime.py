@@ -4,6 +4,7 @@ switches (gradient checkpointing)."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 from collections.abc import Iterator
@@ -92,6 +93,12 @@ def make_accelerator(cfg: LoopSettings) -> Accelerator:
     # Without cpu=True accelerate ignores a multi-process launch on a machine without GPUs (each process would
     # think it is alone); with it, processes join a gloo group. DeepSpeed is the exception: accelerate only
     # enables it with cpu=False, and DeepSpeed then sets up its own (gloo on CPU) process group.
+    if cfg.log_with:
+        missing = [name for name in cfg.log_with if importlib.util.find_spec(name) is None]
+        if missing:
+            raise FlanmixError(f"log_with: {', '.join(missing)} is not installed", field="log_with",
+                               expected=f"pip install {' '.join(missing)}, or remove it from log_with")
+        kwargs["log_with"] = list(cfg.log_with)
     return Accelerator(
         cpu=not torch.cuda.is_available() and not use_ds,
         mixed_precision=resolve_mixed_precision(cfg.mixed_precision),

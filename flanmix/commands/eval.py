@@ -52,13 +52,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="only these metrics, comma-separated (exact_match, rank_classification, cot_exact_match, "
                         "contains); default: each task's own")
     p.add_argument("--no-eos", dest="include_eos", action="store_false", default=_UNSET,
-                   help="rank options without scoring EOS after them")
+                   help="rank options without scoring EOS after them (the default for MMLU, BBH and BIG-bench)")
+    p.add_argument("--eos", dest="include_eos", action="store_true", default=_UNSET,
+                   help="score EOS after every ranked option (the default for flanmix's own tasks)")
     p.add_argument("--threads", type=positive_int, default=_UNSET,
                    help="torch threads (default: 1 for models under 20M parameters)")
     p.add_argument("--samples", type=non_negative_int, default=_UNSET,
                    help="example predictions per task in the JSON (default 3)")
     p.add_argument("--registry", dest="registry_dirs", action="append", default=_UNSET, metavar="DIR",
                    help="extra task registry folder")
+    p.add_argument("--full-samples", action="store_true", default=_UNSET,
+                   help="every item in the JSON, with its whole prompt and unrounded log-probs")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     add_allow_path_option(p)

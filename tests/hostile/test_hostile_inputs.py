@@ -196,6 +196,20 @@ CASES: list[tuple[str, dict, list[str], str]] = [
     ("render-n-negative", {}, ["render", "str_reverse", "-n", "-1"], "-n: must be at least 1"),
     ("build-num-proc-zero", {}, ["build", "demo", "--out", "{tmp}/out", "--num-proc", "0"], "--num-proc"),
     ("unknown-command", {}, ["frobnicate"], "invalid choice"),
+    # --- training and evaluation (points 4, 9)
+    ("train-epochs-inf", {"sft.yaml": "model: m\ndata: d.jsonl\noutput_dir: run\nepochs: .inf\n"},
+     ["train", "sft", "--config", "{tmp}/sft.yaml"], "sft.yaml:4: epochs"),
+    ("train-output-dir-is-a-file", {"sft.yaml": "model: m\ndata: d.jsonl\noutput_dir: run\n", "run": "x"},
+     ["train", "sft", "--config", "{tmp}/sft.yaml"], "sft.yaml:3: output_dir: "),
+    ("init-model-binary-corpus", {"corpus.bin": bytes(range(128, 256)) * 8},
+     ["init-model", "--size", "tiny", "--out", "{tmp}/model", "--corpus", "{tmp}/corpus.bin"], "not UTF-8 text"),
+    ("eval-out-unwritable", {"file": "x"},
+     ["eval", "{tmp}/no-model", "--tasks", "str_reverse", "--out", "{tmp}/file/results.json"], "cannot write"),
+    ("eval-bbh-shots-negative", {}, ["eval", "m", "--tasks", "bbh:x", "--bbh-shots", "-1"],
+     "--bbh-shots: must be at least 0"),
+    ("eval-limit-zero", {}, ["eval", "m", "--tasks", "str_reverse", "--limit", "0"], "--limit: must be at least 1"),
+    ("ablate-jobs-zero", {}, ["ablate", "spec.yaml", "--out", "{tmp}/out", "--jobs", "0"],
+     "--jobs: must be at least 1"),
 ]
 
 

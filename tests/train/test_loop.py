@@ -111,6 +111,34 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_after_a_crash_logs_each_step_once(tmp_path):
+    """A crash after step 5 (checkpoint at 3, a torn line being written) left metrics.jsonl and TensorBoard events
+    for steps 1-5; the resumed run cuts them back to step 3, so the logged steps are strictly increasing and the
+    curve equals the uninterrupted run's."""
+    full = tmp_path / "full"
+    train(ToyStage(dropout=0.2), _cfg(tmp_path, "full", save_every=3, keep_checkpoints=5, tensorboard=True))
+    ref = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
+    crashed = tmp_path / "crashed"
+    shutil.copytree(full / "checkpoints" / "step-3", crashed / "checkpoints" / "step-3")
+    # what the crashed run had logged: steps 1-5 and half of step 6's line
+    head = (full / "metrics.jsonl").read_text().splitlines(keepends=True)[:6]
+    (crashed / "metrics.jsonl").write_text("".join(head[:5]) + head[5][:20])
+    first = train(ToyStage(dropout=0.2), _cfg(tmp_path, "crashed_tb", max_steps=8, save_every=100, tensorboard=True))
+    shutil.copytree(tmp_path / "crashed_tb" / "tb", crashed / "tb")  # event files with steps 1-8 already logged
+    train(ToyStage(dropout=0.2), _cfg(tmp_path, "crashed", save_every=3, tensorboard=True))
+    lines = [json.loads(x) for x in (crashed / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in lines]
+    assert steps == sorted(set(steps)) == list(range(1, 9))
+    assert [r["loss"] for r in lines] == [r["loss"] for r in ref]
+    assert len(first.history) == 8
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = ea.EventAccumulator(str(crashed / "tb"))
+    acc.Reload()
+    events = acc.Scalars("toy/loss")
+    assert [e.step for e in events] == list(range(1, 9))  # purge_step hid the first file's steps 4-8
+    assert [e.value for e in events][3:] == pytest.approx([r["loss"] for r in ref][3:])
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(FlanmixError, match=r"NaN/inf at step 5.*last good checkpoint: .*step-4"):
         train(ToyStage(nan_at_step=4), _cfg(tmp_path, "nan", save_every=2, log_every=3, keep_checkpoints=5))
@@ -160,6 +188,25 @@ def test_stage_made_batches_resume(tmp_path):
     shutil.copytree(tmp_path / "s" / "checkpoints" / "step-4", crashed / "checkpoints" / "step-4")
     again = _losses(train(StreamStage(), _cfg(tmp_path, "s2", save_every=2, max_steps=6, grad_accum=1)))
     assert again == ref[4:]
+
+
+@pytest.mark.parametrize("failure", ["torch", "oserror"])
+def test_full_disk_during_a_checkpoint_is_one_error(tmp_path, monkeypatch, failure):
+    """torch's zip writer reports a full disk as a RuntimeError ("unexpected pos"); safetensors/json as ENOSPC:
+    either way one FlanmixError, the half-written step-N.tmp removed, the last complete checkpoint kept."""
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        if "step-4" in str(f):
+            if failure == "torch":
+                raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 512 vs 448")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(FlanmixError, match=r"checkpoint step-4 could not be written: .*(unexpected pos|No space)"):
+        train(ToyStage(), _cfg(tmp_path, "full", save_every=2, keep_checkpoints=5))
+    assert sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir()) == ["step-2"]
 
 
 def test_length_grouped_stream_is_a_seeded_permutation_with_similar_lengths():

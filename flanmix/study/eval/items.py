@@ -11,6 +11,10 @@ GENERATIVE = ("exact_match", "contains", "cot_exact_match")  # metrics scored on
 DEFAULT_MAX_NEW_TOKENS = 64       # cap for direct answers (the budget is also bounded by the longest reference)
 DEFAULT_COT_MAX_NEW_TOKENS = 256  # rationales are longer
 FEWSHOT_STOP = ("\n\n",)          # after a few-shot answer the model would start the next exemplar
+# Suites scored as lm-evaluation-harness scores them by default: no EOS after an option, a prompt's trailing
+# whitespace moved onto the option, `acc_norm` by characters (see `lm_eval_request`); flanmix's own tasks keep
+# flanmix's documented default (EOS scored).
+LM_EVAL_SOURCES = ("mmlu", "bbh", "bigbench")
 
 
 @dataclass
@@ -49,6 +53,21 @@ class Scorer(Protocol):
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int,
                  stop: Sequence[Sequence[str]]) -> list[str]: ...
 
-    def rank(self, prompts: Sequence[str], options: Sequence[Sequence[str]]) -> list[list[tuple[float, int]]]: ...
+    def rank(self, prompts: Sequence[str], options: Sequence[Sequence[str]], *,
+             include_eos: bool | None = None) -> list[list[tuple[float, int]]]: ...
 
     def count_tokens(self, text: str) -> int: ...
+
+
+def lm_eval_request(prompt: str, option: str) -> tuple[str, str]:
+    """(context, continuation) as lm-evaluation-harness scores them: whitespace at the end of the prompt belongs
+    to the continuation (`HFLM._encode_pair`), so "Answer: " + "A" is scored as "Answer:" + " A"."""
+    stripped = prompt.rstrip()
+    return stripped, prompt[len(stripped):] + option
+
+
+def choice_chars(option: str, delimiter: str = " ") -> int:
+    """The length lm-evaluation-harness divides by for `acc_norm`: the choice's characters, without the target
+    delimiter it puts before every choice."""
+    return len(option) - len(delimiter) if option.startswith(delimiter) and len(option) > len(delimiter) \
+        else len(option)

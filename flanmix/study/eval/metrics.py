@@ -4,8 +4,9 @@ averages.
 - `exact_match`: the greedy generation compared with the rendered target, normalised (`answers_match`: strip,
   collapse whitespace, case-insensitive, trailing period dropped, option-letter forms `(B)`/`B`/`B)` equal, numbers
   compared by value); `exact_match_strict` only strips surrounding whitespace.
-- `rank_classification`: the argmax over the options' summed token log-probs (EOS included);
-  `rank_classification_norm` uses the per-token mean instead.
+- `rank_classification`: the argmax over the options' summed token log-probs (lm-eval's `acc`; EOS included for
+  flanmix's own tasks, not for MMLU/BBH/BIG-bench); `rank_classification_norm` uses the per-token mean instead;
+  `acc_norm` (MMLU/BBH/BIG-bench only) divides by the choice's characters, as lm-evaluation-harness does.
 - `cot_exact_match`: `extract_answer` pulls the final answer out of a generated rationale and `answers_match`es it.
 
 Scores (`aggregate`): per task the mean over items of every metric; the task's `score` is its primary metric. A
@@ -20,7 +21,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from flanmix.study.eval.items import EvalItem, EvalSet
+from flanmix.study.eval.items import LM_EVAL_SOURCES, EvalItem, EvalSet, choice_chars
 
 _ANSWER_HEADS = (
     # "So the answer is X." / "The final answer is: X" / "Therefore, the answer is X" (the last one wins)
@@ -137,8 +138,10 @@ def _mean(values: list[float]) -> float | None:
 
 
 def item_metrics(item: EvalItem, generation: str | None = None,
-                 option_scores: Sequence[tuple[float, int]] | None = None) -> dict[str, float]:
-    """The metric values (0/1) of one item given its generation and/or its option scores."""
+                 option_scores: Sequence[tuple[float, int]] | None = None, *, acc_norm: bool = False
+                 ) -> dict[str, float]:
+    """The metric values (0/1) of one item given its generation and/or its option scores (with `acc_norm`, also
+    lm-evaluation-harness's `acc_norm`: the argmax of log-prob / characters of the choice)."""
     out: dict[str, float] = {}
     if generation is not None:
         if "exact_match" in item.metrics:
@@ -156,15 +159,20 @@ def item_metrics(item: EvalItem, generation: str | None = None,
         out["rank_classification"] = float(max(range(len(sums)), key=lambda i: (sums[i], -i)) == item.answer_index)
         out["rank_classification_norm"] = float(max(range(len(means)), key=lambda i: (means[i], -i))
                                                 == item.answer_index)
+        if acc_norm and item.options:
+            per_char = [s / max(1, choice_chars(o)) for s, o in zip(sums, item.options)]
+            out["acc_norm"] = float(max(range(len(per_char)), key=lambda i: (per_char[i], -i)) == item.answer_index)
     return out
 
 
 def aggregate(sets: list[EvalSet], generations: dict[tuple[int, int], str],
-              scores: dict[tuple[int, int], list[tuple[float, int]]], *, samples: int = 3) -> dict:
+              scores: dict[tuple[int, int], list[tuple[float, int]]], *, samples: int = 3,
+              full_samples: bool = False) -> dict:
     """Per-task means of every metric, per-cluster and overall macro averages (the `tasks/clusters/overall`
-    part of the results). Keys of `generations`/`scores` are (set index, item index)."""
+    part of the results). Keys of `generations`/`scores` are (set index, item index). With `full_samples` every
+    item is in `samples`, with its whole prompt and unrounded scores."""
     tasks = {s.name: _task_result(s, [(generations.get((si, ii)), scores.get((si, ii))) for ii in range(len(s.items))],
-                                  samples)
+                                  len(s.items) if full_samples else samples, full=full_samples)
              for si, s in enumerate(sets)}
     clusters: dict[str, dict] = {}
     for name, t in tasks.items():
@@ -182,22 +190,24 @@ def aggregate(sets: list[EvalSet], generations: dict[tuple[int, int], str],
     return {"tasks": tasks, "clusters": dict(sorted(clusters.items())), "overall": overall}
 
 
-def _task_result(s: EvalSet, outputs: list[tuple[str | None, list[tuple[float, int]] | None]], samples: int) -> dict:
+def _task_result(s: EvalSet, outputs: list[tuple[str | None, list[tuple[float, int]] | None]], samples: int, *,
+                 full: bool = False) -> dict:
     """One task's entry of the results: metric means, its score and the first `samples` predictions."""
     values: dict[str, list[float]] = {}
     for item, (gen, opt) in zip(s.items, outputs):
-        for name, v in item_metrics(item, gen, opt).items():
+        for name, v in item_metrics(item, gen, opt, acc_norm=s.source in LM_EVAL_SOURCES).items():
             values.setdefault(name, []).append(v)
     metrics = {k: _mean(v) for k, v in sorted(values.items())}
     primary = s.primary if s.primary in metrics else next(iter(metrics), s.primary)
     return {"cluster": s.cluster, "source": s.source, "n": len({it.example_id for it in s.items}) if s.items else 0,
             "counts": {k: len(v) for k, v in sorted(values.items())}, "metrics": metrics,
             "primary_metric": primary, "score": metrics.get(primary), **s.info, "notes": s.notes,
-            "samples": [_sample(item, *out) for item, out in zip(s.items[:samples], outputs)]}
+            "samples": [_sample(item, *out, full=full) for item, out in zip(s.items[:samples], outputs)]}
 
 
-def _sample(item: EvalItem, gen: str | None, opt: list[tuple[float, int]] | None) -> dict[str, Any]:
-    sample: dict[str, Any] = {"example_id": item.example_id, "prompt": _tail(item.prompt, 300),
+def _sample(item: EvalItem, gen: str | None, opt: list[tuple[float, int]] | None, *, full: bool = False
+            ) -> dict[str, Any]:
+    sample: dict[str, Any] = {"example_id": item.example_id, "prompt": item.prompt if full else _tail(item.prompt, 300),
                               "reference": item.reference}
     if gen is not None:
         sample["generation"] = gen
@@ -205,7 +215,10 @@ def _sample(item: EvalItem, gen: str | None, opt: list[tuple[float, int]] | None
             sample["extracted"] = extract_answer(gen, item.options)
     if opt is not None:
         sample["options"] = item.options
-        sample["option_logprobs"] = [round(x, 4) for x, _ in opt]
+        sample["option_logprobs"] = [x if full else round(x, 4) for x, _ in opt]
+        if full:
+            sample["option_tokens"] = [n for _, n in opt]
+            sample["answer_index"] = item.answer_index
     return sample
 
 

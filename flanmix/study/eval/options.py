@@ -36,11 +36,13 @@ class EvalOptions(Strict):
     bbh_shots: int = Field(3, ge=0, description="BBH exemplars from cot-prompts/")
     mmlu_shots: int = Field(0, ge=0, description="MMLU exemplars from dev/")
     mmlu_choices: MmluChoices = Field("letters", description="rank the letters A-D or the choice texts")
-    include_eos: bool = Field(True, description="score EOS after each ranked option")
+    include_eos: bool | None = Field(None, description="score EOS after each ranked option (None: yes for flanmix's "
+                                                       "own tasks, no for MMLU, BBH and BIG-bench, as lm-eval)")
     metrics: list[str] | None = Field(None, description="only these metrics (None: each task's own)")
     mmlu_choice_prefix: str = Field(" ", description="text before each MMLU option (the standard leading space)")
     threads: int | None = Field(None, ge=1, description="torch threads (None: 1 for models under 20M params)")
     samples: int = Field(3, ge=0, description="example predictions per task in the results")
+    full_samples: bool = Field(False, description="every item in the results, full prompts, unrounded scores")
     registry_dirs: list[str] = Field(default_factory=list, description="extra task registry folders")
 
     @field_validator("metrics")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 def format_table(report: dict) -> str:
     """A plain-text table: one row per task, then clusters and the overall scores."""
-    names = ["exact_match", "exact_match_strict", "rank_classification", "rank_classification_norm",
+    names = ["exact_match", "exact_match_strict", "rank_classification", "rank_classification_norm", "acc_norm",
              "cot_exact_match", "contains"]
     present = [m for m in names if any(m in t["metrics"] for t in report["tasks"].values())]
     short = {"exact_match": "EM", "exact_match_strict": "EM-strict", "rank_classification": "RC",
-             "rank_classification_norm": "RC-norm", "cot_exact_match": "CoT-EM", "contains": "contains"}
+             "rank_classification_norm": "RC-norm", "acc_norm": "acc-norm", "cot_exact_match": "CoT-EM",
+             "contains": "contains"}
     header = ["task", "cluster", "n", *[short[m] for m in present], "score"]
     rows = [header]
 

@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from flanmix.core.atomic import check_writable, write_json
-from flanmix.study.eval.items import DEFAULT_COT_MAX_NEW_TOKENS, DEFAULT_MAX_NEW_TOKENS, GENERATIVE, EvalSet, Scorer
+from flanmix.study.eval.items import (
+    DEFAULT_COT_MAX_NEW_TOKENS,
+    DEFAULT_MAX_NEW_TOKENS,
+    GENERATIVE,
+    LM_EVAL_SOURCES,
+    EvalSet,
+    Scorer,
+    lm_eval_request,
+)
 from flanmix.study.eval.metrics import aggregate
 from flanmix.study.eval.options import EvalOptions
 from flanmix.study.eval.suites import build_eval_sets
@@ -41,7 +49,8 @@ def evaluate(model: Any, tasks: Sequence[str] | Sequence[EvalSet], options: Eval
     t_build = time.perf_counter() - t0
     scorer = _scorer(model, options)
     t1 = time.perf_counter()
-    results = run_eval_sets(sets, scorer, max_new_tokens=options.max_new_tokens, samples=options.samples, log=log)
+    results = run_eval_sets(sets, scorer, max_new_tokens=options.max_new_tokens, samples=options.samples, log=log,
+                            include_eos=options.include_eos, full_samples=options.full_samples)
     timing = {"build_s": round(t_build, 3), "score_s": round(time.perf_counter() - t1, 3),
               "total_s": round(time.perf_counter() - t0, 3)}
     if hasattr(scorer, "timing"):
@@ -64,7 +73,7 @@ def _scorer(model: Any, options: EvalOptions) -> Scorer:
     # torch is loaded only when a real model is scored: an injected Scorer needs none.
     from flanmix.study.eval.scorer import ModelScorer
 
-    return ModelScorer(model, tokenizer, batch_size=options.batch_size, include_eos=options.include_eos,
+    return ModelScorer(model, tokenizer, batch_size=options.batch_size, include_eos=options.include_eos is not False,
                        threads=options.threads)
 
 
@@ -88,8 +97,13 @@ def _budgets(sets: list[EvalSet], scorer: Scorer, max_new_tokens: int | None) ->
 
 
 def run_eval_sets(sets: list[EvalSet], scorer: Scorer, *, max_new_tokens: int | None = None,
-                  samples: int = 3, log: Log | None = None) -> dict:
-    """Score every item of `sets` with `scorer` (all tasks batched together) and aggregate the metrics."""
+                  samples: int = 3, log: Log | None = None, include_eos: bool | None = None,
+                  full_samples: bool = False) -> dict:
+    """Score every item of `sets` with `scorer` (all tasks batched together) and aggregate the metrics.
+
+    Ranked options of MMLU, BBH and BIG-bench are scored as lm-evaluation-harness does (`LM_EVAL_SOURCES`): without
+    EOS unless `include_eos` is True, with a prompt's trailing whitespace moved onto the option; flanmix's own
+    tasks with EOS unless `include_eos` is False."""
     _budgets(sets, scorer, max_new_tokens)
     gen_groups: dict[int, list[tuple[int, int]]] = {}
     rank_refs: list[tuple[int, int]] = []
@@ -107,9 +121,17 @@ def run_eval_sets(sets: list[EvalSet], scorer: Scorer, *, max_new_tokens: int | 
         texts = scorer.generate([it.prompt for it in items], max_new_tokens=budget, stop=[it.stop for it in items])
         generations.update(zip(refs, texts))
     scores: dict[tuple[int, int], list[tuple[float, int]]] = {}
-    if rank_refs:
-        if log:
-            log(f"ranking options of {len(rank_refs)} prompts")
-        items = [sets[si].items[ii] for si, ii in rank_refs]
-        scores.update(zip(rank_refs, scorer.rank([it.prompt for it in items], [it.options for it in items])))
-    return aggregate(sets, generations, scores, samples=samples)
+    if rank_refs and log:
+        log(f"ranking options of {len(rank_refs)} prompts")
+    for lm_eval in (False, True):
+        refs = [(si, ii) for si, ii in rank_refs if (sets[si].source in LM_EVAL_SOURCES) == lm_eval]
+        if not refs:
+            continue
+        items = [sets[si].items[ii] for si, ii in refs]
+        prompts, options = [it.prompt for it in items], [it.options for it in items]
+        if lm_eval:
+            pairs = [[lm_eval_request(it.prompt, o) for o in it.options] for it in items]
+            prompts, options = [row[0][0] for row in pairs], [[c for _, c in row] for row in pairs]
+        eos = include_eos if include_eos is not None else not lm_eval
+        scores.update(zip(refs, scorer.rank(prompts, options, include_eos=eos)))
+    return aggregate(sets, generations, scores, samples=samples, full_samples=full_samples)

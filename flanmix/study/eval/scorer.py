@@ -471,12 +471,15 @@ class ModelScorer:
             return generate(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
                                    stop=[tuple(s) for s in stop], batch_size=self.batch_size, stats=self.gen_stats)
 
-    def rank(self, prompts: Sequence[str], options: Sequence[Sequence[str]]) -> list[list[tuple[float, int]]]:
-        """(sum of log-probs, token count) of every option of every prompt (see `option_logprobs`)."""
+    def rank(self, prompts: Sequence[str], options: Sequence[Sequence[str]], *,
+             include_eos: bool | None = None) -> list[list[tuple[float, int]]]:
+        """(sum of log-probs, token count) of every option of every prompt (see `option_logprobs`); EOS after
+        each option as `include_eos` says (None: as the scorer was made)."""
         score = option_logprobs_seq2seq if self.seq2seq else option_logprobs
+        eos = self.include_eos if include_eos is None else include_eos
         with self._running():
             scores = score(self.model, self.tokenizer, prompts, options, batch_size=self.batch_size * 2,
-                                     include_eos=self.include_eos, stats=self.rank_stats)
+                           include_eos=eos, stats=self.rank_stats)
         return [[(s.logprob, s.tokens) for s in row] for row in scores]
 
     def count_tokens(self, text: str) -> int:
