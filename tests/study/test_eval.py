@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from flanmix.core.errors import FlanmixError
 from flanmix.study.eval import (
     EvalItem,
     EvalOptions,
@@ -462,3 +463,25 @@ def test_own_tasks_keep_eos_and_mmlu_drops_it():
     calls.clear()
     run_eval_sets(sets, Recorder(), include_eos=True)
     assert [c[2] for c in calls] == [True, True]
+
+
+def test_bigbench_parent_tasks_are_evaluated_through_their_subtasks(tmp_path):
+    """bigbench's JsonTask: a task.json without examples is a parent whose sub-folders hold the subtasks."""
+    parent = tmp_path / "combos"
+    parent.mkdir()
+    (parent / "task.json").write_text(json.dumps({"name": "combos", "description": "parent", "keywords": []}))
+    for sub, answer in (("contradictions", "no"), ("emergent", "yes")):
+        (parent / sub).mkdir()
+        (parent / sub / "task.json").write_text(json.dumps({
+            "name": f"combos:{sub}",
+            "examples": [{"input": f"{sub}?",
+                          "target_scores": {"yes": int(answer == "yes"), "no": int(answer == "no")}}],
+        }))
+    sets = {s.name: s for s in bigbench_eval_sets(str(tmp_path))}
+    assert sorted(sets) == ["bigbench.combos:contradictions", "bigbench.combos:emergent"]
+    item = sets["bigbench.combos:emergent"].items[0]
+    assert item.options[item.answer_index].strip() == "yes" and item.prompt.startswith("Q: emergent?")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "task.json").write_text(json.dumps({"name": "empty"}))
+    with pytest.raises(FlanmixError, match=r"empty/task\.json: not a BIG-bench JSON task"):
+        bigbench_eval_sets(str(tmp_path / "empty"))

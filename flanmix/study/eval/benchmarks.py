@@ -210,6 +210,35 @@ def _bigbench_files(spec: str) -> list[Path]:
     raise FlanmixError("BIG-bench path not found", file=spec, expected="a BIG-bench task folder or task.json")
 
 
+def _bigbench_tasks(spec: str) -> list[tuple[Path, str, dict]]:
+    """(file, name, task) of every BIG-bench JSON task under `spec`. A task.json without `examples` is a parent
+    task: its subtasks are the `task.json` files of its sub-folders (as bigbench's JsonTask loads them) or an
+    inline `subtasks` list, each named `parent:subtask`."""
+    found = []
+    for path in _bigbench_files(spec):
+        data = read_json(path, what="BIG-bench task")
+        if not isinstance(data, dict):
+            raise FlanmixError("not a BIG-bench JSON task", file=path, expected='{"examples": [...]}')
+        name = str(data.get("name") or path.parent.name)
+        if isinstance(data.get("examples"), list):
+            found.append((path, name, data))
+            continue
+        subtasks = [(sub, read_json(sub, what="BIG-bench subtask")) for sub in sorted(path.parent.glob("*/task.json"))]
+        inline = data.get("subtasks")
+        if isinstance(inline, list):
+            subtasks += [(path, sub) for sub in inline]
+        children = [(sub_path, sub) for sub_path, sub in subtasks
+                    if isinstance(sub, dict) and isinstance(sub.get("examples"), list)]
+        if not children:
+            raise FlanmixError("not a BIG-bench JSON task", file=path,
+                               expected='{"examples": [...]} or sub-folders with their own task.json')
+        for sub_path, sub in children:
+            sub_name = str(sub.get("name") or sub_path.parent.name)
+            sub_name = sub_name if sub_name.startswith(name + ":") else f"{name}:{sub_name}"
+            found.append((sub_path, sub_name, sub))
+    return found
+
+
 def bigbench_eval_sets(spec: str, *, limit: int | None = None, choice_prefix: str = " ") -> list[EvalSet]:
     """BIG-bench JSON tasks (cluster `bigbench`), prompted as BIG-bench's `json_task` does.
 
@@ -219,12 +248,8 @@ def bigbench_eval_sets(spec: str, *, limit: int | None = None, choice_prefix: st
     with only `target` (a string or a list of accepted strings) are exact-matched on the first generated line.
     """
     sets = []
-    for path in _bigbench_files(spec):
-        data = read_json(path, what="BIG-bench task")
-        examples = data.get("examples") if isinstance(data, dict) else None
-        if not isinstance(examples, list):
-            raise FlanmixError("not a BIG-bench JSON task", file=path, expected='{"examples": [...]}')
-        name = str(data.get("name") or path.parent.name)
+    for path, name, data in _bigbench_tasks(spec):
+        examples = data["examples"]
         prefix = data.get("task_prefix") or ""
         in_prefix = data.get("example_input_prefix", "\nQ: ")
         out_prefix = (data.get("example_output_prefix", "\nA: ") or "").rstrip()
