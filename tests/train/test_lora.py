@@ -183,6 +183,13 @@ def test_cli_set_peft_then_merge_adapter_loads_in_plain_transformers(tmp_path, t
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, with_adapter(ids).logits, atol=1e-5, rtol=1e-5)
     assert (tmp_path / "merged" / "tokenizer.json").is_file()
+    # `flanmix eval` takes the adapter folder as it is: the same scores as its merged checkpoint
+    from flanmix.study.eval import EvalOptions, evaluate
+
+    options = EvalOptions(limit=4, threads=1)
+    on_adapter = evaluate(final, ["arith_add"], options)
+    on_merged = evaluate(tmp_path / "merged", ["arith_add"], options)
+    assert on_adapter["tasks"] == on_merged["tasks"]
 
 
 @pytest.mark.parametrize("setting, message", [

@@ -41,7 +41,10 @@ def evaluate(model: Any, tasks: Sequence[str] | Sequence[EvalSet], options: Eval
     if out is not None:
         check_writable(out, field="out")  # an unwritable --out fails now, not after the whole evaluation
     if isinstance(model, (str, Path)):
-        check_model_dir(model)  # fail on a bad folder before the (slower) task rendering
+        from trainers.adapters import is_adapter_dir  # imports torch: only when a model folder is evaluated
+
+        if not is_adapter_dir(model):  # an adapter folder is checked when its base loads
+            check_model_dir(model)  # fail on a bad folder before the (slower) task rendering
     if tasks and all(isinstance(t, EvalSet) for t in tasks):
         sets = list(tasks)  # built once by the caller (an ablation grid evaluates many models on one set)
     else:

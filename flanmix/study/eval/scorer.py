@@ -32,17 +32,16 @@ import torch
 
 from flanmix.core.errors import FlanmixError
 from trainers import seq2seq
+from trainers.adapters import load_model_and_tokenizer
 from trainers.data import adds_bos, tokenize_segments
 from trainers.logprobs import gather_logprobs
-from trainers.models import is_encoder_decoder, load_model_and_tokenizer
+from trainers.models import is_encoder_decoder
 
 # ------------------------------------------------------------------------------------------------------- loading
 
 def load_model(path: str | Path, *, device: str | None = None, dtype: str = "float32"):
-    """Load a local causal LM folder and its tokenizer for evaluation (eval mode).
-
-    Uses `trainers.models.load_model_and_tokenizer`, so a missing or broken folder is a one-line FlanmixError.
-    """
+    """Load a local model folder, or a LoRA run's adapter folder (merged into its base), and its tokenizer for
+    evaluation (eval mode). A missing or broken folder is a one-line FlanmixError."""
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype):
         raise FlanmixError(f"unknown dtype {dtype!r}", field="dtype", expected="float32 | bfloat16 | float16")
