@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from flan_reference import flan_fewshot, flan_format
 
 from flanmix.batch import Resolver, render_request
 from flanmix.importers.flan_source import flan_key_slug, read_flan_tables
@@ -29,12 +30,6 @@ WS = r"[\t\n\f\r ]"  # RE2's \s
 
 Row = dict
 Features = dict
-
-
-def flan_format(template: str, features: dict) -> str:
-    """FLAN's `format_from_feature_dictionary`: split on `({\\w*})`, substitute `{name}`, keep the rest."""
-    parts = [p for p in re.split(r"({\w*})", template) if p]
-    return "".join(str(features[p[1:-1]]) if p[0] == "{" and p[-1] == "}" else p for p in parts)
 
 
 def numbered(items: list[str]) -> str:
@@ -316,17 +311,6 @@ def test_regex_corner_cases_of_the_field_mappings(resolver):
 
 # ------------------------------------------------------------------------------------------------------- few-shot
 
-def flan_fewshot(pattern, row: Features, shots: list[tuple], separator: str | None = None) -> tuple[str, str]:
-    """FLAN's few-shot formula: exemplars with their glue, the row's part, the input_pattern, trailing spaces off."""
-    text = ""
-    for shot_pattern, shot in shots:
-        end = shot_pattern.example_separator if separator is None else separator
-        text += (shot_pattern.inputs_prefix + flan_format(shot_pattern.inputs, shot) + shot_pattern.x_y_delimiter
-                 + shot_pattern.targets_prefix + flan_format(shot_pattern.targets, shot) + end)
-    text += pattern.inputs_prefix + flan_format(pattern.inputs, row) + pattern.x_y_delimiter + pattern.targets_prefix
-    final = pattern.input_pattern.replace("{{inputs}}", "{inputs_with_ex}")
-    inputs = flan_format(final, {**row, "inputs_with_ex": text, "final_suffix": pattern.final_suffix})
-    return re.sub(r" *\Z", "", inputs), flan_format(pattern.targets, row).strip()  # RE2's `$`: end of text only
 
 
 @pytest.mark.parametrize("name", ["anli_r1", "hellaswag", "cosmos_qa", "coqa", "dart", "opinion_abstracts_idebate"])

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from flan_reference import ASCII_WS, flan_fewshot, flan_format, options_block
 
 from flanmix.fewshot import flan_prompt
 from flanmix.importers.flan_source import flan_key_slug, read_flan_tables
@@ -29,21 +30,9 @@ from flanmix.task import Example
 REPO = Path(__file__).resolve().parents[2]
 SPECS = REPO / "task_registry" / "flan" / "flan2021"
 FIXTURES = REPO / "tests" / "fixtures" / "hub"
-ASCII_WS = " \t\n\r\x0b\x0c"  # what TF's strings.strip removes (Python's str.strip would remove more)
 CLUSTERS = {"nli", "reading_comprehension", "closed_book_qa", "commonsense", "coreference", "sentiment",
             "paraphrase", "struct_to_text", "translation", "summarization", "reading_comprehension_with_commonsense",
             "misc"}
-
-
-def flan_format(template: str, features: dict) -> str:
-    """FLAN's `format_from_feature_dictionary`: split on `({\\w*})`, substitute `{name}`, keep the rest."""
-    parts = [p for p in re.split(r"({\w*})", template) if p]
-    return "".join(str(features[p[1:-1]]) if p[0] == "{" and p[-1] == "}" else p for p in parts)
-
-
-def options_block(options: list[str]) -> str:
-    """FLAN's `format_options` (deterministic)."""
-    return "OPTIONS:\n- " + "\n- ".join(options)
 
 
 def pick(options: list[str], label: int) -> str:
@@ -364,17 +353,6 @@ def test_the_tricky_rows_really_exercise_the_preprocessing():
 
 
 # ------------------------------------------------------------------------------------------------- few-shot
-def flan_fewshot(pattern, row: dict, shots: list[tuple], separator: str | None = None) -> tuple[str, str]:
-    """FLAN's few-shot formula: exemplars with their glue, the row's part, the input_pattern, trailing spaces off."""
-    text = ""
-    for shot_pattern, shot_row in shots:
-        end = shot_pattern.example_separator if separator is None else separator
-        text += (shot_pattern.inputs_prefix + flan_format(shot_pattern.inputs, shot_row) + shot_pattern.x_y_delimiter
-                 + shot_pattern.targets_prefix + flan_format(shot_pattern.targets, shot_row) + end)
-    text += pattern.inputs_prefix + flan_format(pattern.inputs, row) + pattern.x_y_delimiter + pattern.targets_prefix
-    final = pattern.input_pattern.replace("{{inputs}}", "{inputs_with_ex}")
-    inputs = flan_format(final, {**row, "inputs_with_ex": text, "final_suffix": pattern.final_suffix})
-    return re.sub(r" *\Z", "", inputs), flan_format(pattern.targets, row).strip()  # RE2's `$`: end of text only
 
 
 FEW_SHOT_TASKS = ["rte", "record", "wsc", "samsum", "stsb", "trec", "winogrande", "wmt16_translate_deen"]

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from flan_reference import ASCII_WS, flan_fewshot, flan_format, options_block
 
 from flanmix.batch import Resolver, render_request
 from flanmix.fewshot import flan_prompt
@@ -29,20 +30,11 @@ from flanmix.task import Example, compile_filter
 REPO = Path(__file__).resolve().parents[2]
 SPECS = REPO / "task_registry" / "flan"
 FIXTURES = REPO / "tests" / "fixtures" / "hub"
-ASCII_WS = " \t\n\r\x0b\x0c"  # what TF's strings.strip removes (Python's str.strip would remove more)
 EOS = "<|endoftext|>"
 
-
 # ------------------------------------------------------------------------------------------------- FLAN's rules
-def flan_format(template: str, features: dict) -> str:
-    """FLAN's `format_from_feature_dictionary`: split on `({\\w*})`, substitute `{name}`, keep the rest."""
-    parts = [p for p in re.split(r"({\w*})", template) if p]
-    return "".join(str(features[p[1:-1]]) if p[0] == "{" and p[-1] == "}" else p for p in parts)
 
 
-def options_block(options: list[str]) -> str:
-    """FLAN's `format_options` (deterministic)."""
-    return "OPTIONS:\n- " + "\n- ".join(options)
 
 
 def dialog_block(turns: list[str]) -> str:
@@ -50,16 +42,6 @@ def dialog_block(turns: list[str]) -> str:
     return "DIALOG:\n" + "\n- ".join(turns) + "\n- "
 
 
-def flan_fewshot(pattern, row: dict, shots: list[tuple], separator: str | None = None) -> tuple[str, str]:
-    """FLAN's x_shot / template_mix formula for keys with the default input_pattern and final_suffix (all but NIv2):
-    exemplars with their glue, the row's part, trailing spaces off the input, the target stripped."""
-    text = ""
-    for shot_pattern, shot_row in shots:
-        end = shot_pattern.example_separator if separator is None else separator
-        text += (shot_pattern.inputs_prefix + flan_format(shot_pattern.inputs, shot_row) + shot_pattern.x_y_delimiter
-                 + shot_pattern.targets_prefix + flan_format(shot_pattern.targets, shot_row) + end)
-    text += pattern.inputs_prefix + flan_format(pattern.inputs, row) + pattern.x_y_delimiter + pattern.targets_prefix
-    return re.sub(r" *\Z", "", text), flan_format(pattern.targets, row).strip(ASCII_WS)
 
 
 def niv2_x_shot(pattern, row: dict, shots: list[dict]) -> tuple[str, str]:

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+from flan_reference import flan_fewshot, flan_format
 
 from flanmix.batch import Resolver, render_batch, render_request
 from flanmix.cli import main
@@ -27,12 +28,6 @@ OPTIONS = ["yes ", " no {x}", "{{ maybe }}"]  # stripped comparison: the answer 
 ANSWER = "no {x}"
 TURNS = ["Hi {name}!", "Hello {{ there }}  ", "How are you?\nFine."]
 SENTINEL_OPTIONS, SENTINEL_ANSWER = "\x00OPTIONS\x00", "\x00ANSWER\x00"
-
-
-def flan_format(template: str, features: dict) -> str:
-    """FLAN's `format_from_feature_dictionary`: split on `({\\w*})`, substitute `{name}`, keep the rest."""
-    parts = [p for p in re.split(r"({\w*})", template) if p]
-    return "".join(str(features[p[1:-1]]) if p[0] == "{" and p[-1] == "}" else p for p in parts)
 
 
 def names_of(*templates: str) -> set[str]:
@@ -170,19 +165,6 @@ def test_render_batch_reports_bad_lines_in_place(registry, tmp_path):
 
 # ------------------------------------------------------------------------------------------------- few-shot
 
-def flan_fewshot(pattern, row: dict, shots: list[tuple], separator: str | None = None) -> tuple[str, str]:
-    """FLAN's few-shot formula: exemplars with their glue, the row's part, the input_pattern, trailing spaces off."""
-    text = ""
-    for shot_pattern, shot_row in shots:
-        end = shot_pattern.example_separator if separator is None else separator
-        text += (shot_pattern.inputs_prefix + flan_format(shot_pattern.inputs, shot_row) + shot_pattern.x_y_delimiter
-                 + shot_pattern.targets_prefix + flan_format(shot_pattern.targets, shot_row) + end)
-    text += pattern.inputs_prefix + flan_format(pattern.inputs, row) + pattern.x_y_delimiter + pattern.targets_prefix
-    final = pattern.input_pattern.replace("{{Definition}}", "{Definition}").replace("{{inputs}}", "{inputs_with_ex}")
-    inputs = flan_format(final, {**row, "inputs_with_ex": text, "final_suffix": pattern.final_suffix})
-    # FLAN's `regex_replace(inputs, r" *$", "")` runs on RE2, where `$` is the end of the text only (Python's `$`
-    # would also match before a final newline): `\Z` here.
-    return re.sub(r" *\Z", "", inputs), flan_format(pattern.targets, row).strip()
 
 
 @pytest.mark.parametrize("variant", ["fs_opt", "fs_noopt"])
