@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from flanmix.core.atomic import temp_path, write_json
-from flanmix.core.errors import FlanmixError
+from flanmix.core.errors import FlanmixError, SourceUnavailable
 from flanmix.core.jsonl import iter_jsonl, read_json
 from flanmix.core.paths import confine
 from flanmix.spec import SourceSpec
@@ -143,7 +143,7 @@ def hub_rows(source: SourceSpec, *, task_name: str, file: str | None = None) -> 
     if roots:
         path = split_file(source, roots)
         if path is None:
-            raise FlanmixError(f"task {task_name!r}: hub source {source.describe()} is not in the mirror",
+            raise SourceUnavailable(f"task {task_name!r}: hub source {source.describe()} is not in the mirror",
                                file=file, field="source.hub", expected=describe_missing(source, roots))
         rows = read_rows(path)
         if not rows:
@@ -161,9 +161,11 @@ def load_online(source: SourceSpec, *, task_name: str, file: str | None = None) 
         dataset = datasets.load_dataset(source.hub, source.config, split=source.split, revision=source.revision)
     except Exception as err:  # noqa: BLE001 - datasets raises many types (network, missing config, ...)
         first = str(err).splitlines()[0][:200] if str(err) else ""
-        raise FlanmixError(f"task {task_name!r}: cannot load hub dataset {source.describe()}: "
-                           f"{type(err).__name__}: {first}", file=file, field="source.hub",
-                           expected="a reachable hub, a cached dataset, or --hub-mirror DIR") from None
+        # No network (or the hub switched off): the data is out of reach, not wrong.
+        unreachable = offline() or "Connection" in type(err).__name__ or "Offline" in first
+        raise (SourceUnavailable if unreachable else FlanmixError)(
+            f"task {task_name!r}: cannot load hub dataset {source.describe()}: {type(err).__name__}: {first}",
+            file=file, field="source.hub", expected="a reachable hub, a cached dataset, or --hub-mirror DIR") from None
     return dataset.to_list()
 
 
@@ -173,7 +175,7 @@ def repo_files_root(source: SourceSpec, *, task_name: str, file: str | None = No
     folder = repo_root(source, roots)
     if folder is None:
         why = "is not in the mirror" if roots else "needs a hub mirror (--hub-mirror DIR or FLANMIX_HUB_MIRROR)"
-        raise FlanmixError(f"task {task_name!r}: repo source {source.describe()} {why}", file=file,
+        raise SourceUnavailable(f"task {task_name!r}: repo source {source.describe()} {why}", file=file,
                            field="source.files", expected=describe_missing(source, roots) if roots else
                            "`flanmix data mirror MIXTURE --to DIR`, then --hub-mirror DIR")
     return folder

@@ -2,6 +2,7 @@
 
     flanmix study frontier configs/frontier/demo.yaml --out runs/frontier           # run; a rerun resumes
     flanmix study frontier configs/frontier/demo.yaml --out runs/frontier --report  # rewrite tables and plots
+    flanmix study frontier configs/frontier/demo.yaml --out runs/frontier --engine ray --address auto
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--out", required=True, help="study folder (created; reused to resume)")
     f.add_argument("--only", metavar="GLOB", help="run only the runs whose id matches (e.g. 'dpo-*')")
     f.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (overrides the spec)")
+    f.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="ray: every run is a Ray task (after the shared SFT on this machine)")
+    f.add_argument("--address", metavar="ADDR",
+                   help="with --engine ray: the cluster (HOST:6379, ray://HOST:10001, auto; default: RAY_ADDRESS, "
+                        "else a local cluster)")
     f.add_argument("--report", action="store_true", help="only rewrite results tables and plots")
     f.set_defaults(func=_frontier)
 
@@ -44,6 +50,7 @@ def _frontier(args: argparse.Namespace) -> int:
         rows = frontier.write_reports(spec, args.out)
         print(f"{args.out}/results.md: {len(rows)} runs")
         return 0
-    frontier.run(args.spec, args.out, only=args.only, threads=args.threads)
+    frontier.run(args.spec, args.out, only=args.only, threads=args.threads, engine=args.engine,
+                 address=args.address)
     print((Path(args.out) / "results.md").read_text(encoding="utf-8"))
     return 0

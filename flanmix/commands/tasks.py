@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flanmix.commands.argtypes import non_negative_int, positive_int
 from flanmix.core.constants import TEMPLATE_TYPES
-from flanmix.core.errors import FlanmixError
+from flanmix.core.errors import FlanmixError, SourceUnavailable
 
 
 def add_registry_option(parser: argparse.ArgumentParser) -> None:
@@ -97,15 +97,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
             tasks = list(Registry.discover(args.registry))
         except FlanmixError as err:
             problems.append(str(err))
-    rendered = 0
-    for task in tasks:
-        try:
-            rendered += _render_every_template(task, args.rows)
-        except FlanmixError as err:
-            problems.append(str(err))
+    from flanmix.hub import using_mirror
+
+    rendered, unreachable = 0, []
+    with using_mirror(args.hub_mirror):
+        for task in tasks:
+            try:
+                rendered += _render_every_template(task, args.rows)
+            except SourceUnavailable:
+                unreachable.append(task.name)
+                try:
+                    task.prompts  # noqa: B018 - compiling the templates still checks them without rows
+                except FlanmixError as err:
+                    problems.append(str(err))
+            except FlanmixError as err:
+                problems.append(str(err))
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     print(f"{len(tasks)} tasks checked, {rendered} renders, {len(problems)} problem(s)")
+    if unreachable:
+        print(f"{len(unreachable)} task(s) checked without rows: their data is not reachable here "
+              f"(hub sources; give --hub-mirror DIR to render them): {', '.join(unreachable[:5])}"
+              f"{' ...' if len(unreachable) > 5 else ''}")
     return 2 if problems else 0
 
 
@@ -201,6 +214,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                          "variant on sample rows, and report every problem with file and line.")
     p.add_argument("paths", nargs="*", help="spec files or registry folders (default: every registered task)")
     p.add_argument("--rows", type=non_negative_int, default=2, help="sample rows rendered per template (default 2)")
+    p.add_argument("--hub-mirror", action="append", default=[], metavar="DIR",
+                   help="read hub and repo sources from this mirror (also FLANMIX_HUB_MIRROR); without one, tasks "
+                        "whose data is not reachable are checked without rows")
     add_registry_option(p)
     p.set_defaults(func=cmd_validate)
 

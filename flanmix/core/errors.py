@@ -50,3 +50,8 @@ class FlanmixError(Exception):
             field=self.field or field,
             expected=self.expected,
         )
+
+
+class SourceUnavailable(FlanmixError):
+    """A task's data cannot be reached here: a hub source with no network and no mirror, or a source missing from
+    the mirror in use. A build stops on it (exit 2); `tasks validate` reports such tasks as not checked on rows."""

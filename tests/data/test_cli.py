@@ -25,3 +25,24 @@ def test_data_commands_run_without_torch(repo_root):
     proc = _run_without("torch", ["tasks", "list"], repo_root)
     assert proc.returncode == 0, proc.stderr
     assert "arith_add" in proc.stdout
+
+
+def test_validate_checks_unreachable_hub_tasks_without_rows(repo_root, tmp_path, capsys, monkeypatch):
+    """Offline and without a mirror, the bundled FLAN catalog's hub tasks cannot be rendered on rows: validate
+    says so on one line and still fails on a template that does not compile."""
+    from flanmix.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("FLANMIX_HUB_MIRROR", raising=False)
+    assert main(["tasks", "validate"]) == 0
+    out = capsys.readouterr().out
+    assert "0 problem(s)" in out and "checked without rows" in out and "--hub-mirror DIR" in out
+    assert main(["tasks", "validate", "--hub-mirror", str(repo_root / "tests" / "fixtures" / "hub")]) == 0
+    assert "checked without rows" not in capsys.readouterr().out
+    reg = tmp_path / "reg"
+    reg.mkdir()
+    (reg / "broken.yaml").write_text(
+        "name: broken_hub\ncluster: x\nsource: {hub: nobody/nothing}\n"
+        "templates:\n  zero_shot:\n    - {input: '{{ question ', target: '{{ answer }}'}\n")
+    assert main(["tasks", "validate", str(reg)]) == 2
+    assert "broken.yaml" in capsys.readouterr().err

@@ -12,6 +12,10 @@ Layout of `--out`:
 
 A run is complete when `runs/<id>/result.json` exists (written atomically) with the run's current hash; a rerun
 skips it. A run whose settings changed is trained again from scratch.
+
+With `engine="ray"` the shared start runs on the driver and every remaining run is a Ray task (`threads` CPUs
+each) that rebuilds the study from the spec file and writes its own `result.json`; the study folder must be on
+storage every node sees. The tables are the same as a local run's.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch
 from flanmix.core.atomic import write_json, write_jsonl
 from flanmix.core.errors import FlanmixError
 from flanmix.core.jsonl import read_jsonl
+from flanmix.mixture.ray_cluster import check_engine, ray_session
 from flanmix.study.frontier.data import rankings, task_data
 from flanmix.study.frontier.measure import Evaluator, decode, load_checkpoint_policy
 from flanmix.study.frontier.report import write_reports
@@ -95,10 +100,12 @@ class Study:
 
 
 def run(spec_path: str | Path, out: str | Path, *, only: str | None = None, threads: int | None = None,
-        log: Log = stderr_log) -> dict:
+        log: Log = stderr_log, engine: str = "local", address: str | None = None) -> dict:
     """Run (or resume) the frontier study of `spec_path` into `out`; returns {"rows", "ran", "skipped"}.
 
-    `only` is a glob over run ids (`ppo-*`, `dpo-beta-0.1`); `threads` overrides the spec's torch threads."""
+    `only` is a glob over run ids (`ppo-*`, `dpo-beta-0.1`); `threads` overrides the spec's torch threads;
+    `engine="ray"` runs the runs as Ray tasks (on the cluster at `address`, default: a local one)."""
+    check_engine(engine, address)
     spec, _ = load_spec(spec_path)
     study = Study(spec, Path(out), Path(spec_path).resolve().parent, log)
     todo = [(sw, v) for sw in spec.runs for v in sw.values
@@ -107,7 +114,6 @@ def run(spec_path: str | Path, out: str | Path, *, only: str | None = None, thre
         raise FlanmixError(f"no run matches {only!r}", field="only", expected="a glob over run ids such as ppo-*")
     study.out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    ran, skipped = [], []
     t_all = time.perf_counter()
     with torch_threads(threads or spec.threads):
         threads = threads or spec.threads
@@ -117,12 +123,14 @@ def run(spec_path: str | Path, out: str | Path, *, only: str | None = None, thre
         timings["prepare_sft_preferences"] = round(time.perf_counter() - t0, 2)
         evaluator = _evaluator(study)
         _baseline(study, evaluator)
-        for sweep, value in todo:
-            run_id = study.run_id(sweep, value)
-            if _run_one(study, evaluator, sweep, value, threads):
-                ran.append(run_id)
-            else:
-                skipped.append(run_id)
+        skipped = [study.run_id(sw, v) for sw, v in todo if _is_complete(study, sw, v)]
+        left = [(sw, v) for sw, v in todo if study.run_id(sw, v) not in skipped]
+        if engine == "ray" and left:
+            ran = _run_on_ray(study, Path(spec_path), [study.run_id(sw, v) for sw, v in left], threads, address)
+        else:
+            for sweep, value in left:
+                _run_one(study, evaluator, sweep, value, threads)
+            ran = [study.run_id(sw, v) for sw, v in left]
     if skipped:
         log(f"skipped {len(skipped)} complete run(s)")
     rows = write_reports(study.spec, study.out)
@@ -245,14 +253,17 @@ def _stage_config(study: Study, sweep: RunSweep, value: float, train_dir: Path, 
     return cfg
 
 
-def _run_one(study: Study, ev: Evaluator, sweep: RunSweep, value: float, threads: int | None) -> bool:
-    """Train and evaluate one run unless it is complete; True when it ran."""
+def _is_complete(study: Study, sweep: RunSweep, value: float) -> bool:
+    path = study.run_dir(study.run_id(sweep, value)) / "result.json"
+    return path.is_file() and json.loads(path.read_text()).get("hash") == _run_hash(study, sweep, value)
+
+
+def _run_one(study: Study, ev: Evaluator, sweep: RunSweep, value: float, threads: int | None) -> None:
+    """Train one run (from scratch when its folder was made with other settings) and measure it."""
     run_id = study.run_id(sweep, value)
     run_dir = study.run_dir(run_id)
     h = _run_hash(study, sweep, value)
     result_path = run_dir / "result.json"
-    if result_path.is_file() and json.loads(result_path.read_text()).get("hash") == h:
-        return False
     stamp = run_dir / "run.json"
     if run_dir.exists() and (not stamp.is_file() or json.loads(stamp.read_text()).get("hash") != h):
         shutil.rmtree(run_dir)  # made with other settings: start over
@@ -280,7 +291,36 @@ def _run_one(study: Study, ev: Evaluator, sweep: RunSweep, value: float, threads
         shutil.rmtree(train_dir / "final", ignore_errors=True)
     study.log(f"{run_id}: reward {final['reward']:.3f}, KL {final['kl']:.3f}, win rate at T=1 "
               f"{wins.get('1', float('nan')):.2f} (train {train_s:.0f}s, eval {eval_s:.0f}s)")
-    return True
+
+
+# ------------------------------------------------------------------------------------------------- on Ray
+
+def _ray_run(spec_path: str, out: str, run_id: str, threads: int | None) -> str:
+    """One run as a Ray task: the study rebuilt from its spec file, then train and measure (threads restored
+    after: Ray reuses the worker process)."""
+    spec, _ = load_spec(spec_path)
+    study = Study(spec, Path(out), Path(spec_path).parent, stderr_log)
+    sweep, value = next((sw, v) for sw in spec.runs for v in sw.values if study.run_id(sw, v) == run_id)
+    with torch_threads(threads or 1):
+        _run_one(study, _evaluator(study), sweep, value, threads)
+    return run_id
+
+
+def _run_on_ray(study: Study, spec_path: Path, run_ids: list[str], threads: int | None,
+                address: str | None) -> list[str]:
+    """Run `run_ids` as Ray tasks of `threads` CPUs each; returns them in the order they finished."""
+    with ray_session(address) as ray:
+        task = ray.remote(_ray_run)
+        pending = {task.options(num_cpus=threads or 1, max_retries=2, name=f"frontier:{rid}").remote(
+            str(spec_path.resolve()), str(study.out.resolve()), rid, threads): rid for rid in run_ids}
+        study.log(f"{len(pending)} runs submitted to the Ray cluster")
+        done_ids: list[str] = []
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                ray.get(ref)  # a failed run raises here, with its error
+                done_ids.append(pending.pop(ref))
+    return done_ids
 
 
 def _train_summary(history: list[dict]) -> dict:
