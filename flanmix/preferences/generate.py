@@ -210,6 +210,11 @@ def rows_from_tasks(tasks: Sequence[str], *, n: int = 200, split: str = "train",
     as in SFT and at inference. (On the prompt's end it would become a token of its own that SFT never trains.)"""
     rows = preference_rows(task_examples(tasks, n=n, split=split, seed=seed), kind=kind, k=k, seed=seed,
                            margin=margin, edits=edits)
+    return start_responses(rows, separator)
+
+
+def start_responses(rows: list[dict], separator: str) -> list[dict]:
+    """Put `separator` (the SFT target delimiter) at the start of every response of pair and ranking rows."""
     for row in rows:
         for key in ("chosen", "rejected"):
             if key in row:

@@ -20,10 +20,12 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from flanmix.core.atomic import write_jsonl
+from flanmix.core.constants import TARGET_DELIMITER
 from flanmix.core.errors import FlanmixError
 from flanmix.core.jsonl import iter_jsonl
 from flanmix.mixture import build
 from flanmix.preferences import preference_rows
+from flanmix.preferences.generate import start_responses
 from flanmix.registry import Registry
 from flanmix.study.ablation.grid import Cell, Plan, write_record
 from flanmix.study.eval import evaluate
@@ -200,7 +202,8 @@ def _preference_stage(cell: Cell, ctx: Context, model_dir: Path) -> Path:
         task = plan.registry.get(name)
         for row in task.iter_renders(split="train", template_type="zs_noopt", seed=cell.seed, limit=per_task):
             pairs.append((row["inputs"], row["targets"]))
-    rows = preference_rows(pairs, kind=kind, k=pref.k, seed=cell.seed)
+    # Responses start with the target delimiter, as SFT completions do (see `rows_from_tasks`).
+    rows = start_responses(preference_rows(pairs, kind=kind, k=pref.k, seed=cell.seed), TARGET_DELIMITER)
     data = cdir / "preferences.jsonl"
     write_jsonl(data, rows)
     cfg = {"progress": False, "tensorboard": False, **pref.config, "model": str(model_dir), "data": str(data),
