@@ -21,19 +21,28 @@ from trainers.config import LoopSettings
 
 
 @contextlib.contextmanager
-def process_settings(cfg: LoopSettings) -> Iterator[None]:
-    """Apply the process-wide settings of a run (`threads`) and restore them, and `os.environ` (accelerate and
-    the DeepSpeed set-up write to it), when the run ends, also on an error."""
-    threads = torch.get_num_threads()
-    environ = dict(os.environ)
-    if cfg.threads:
-        # Tiny models on a few busy cores train several times faster on one thread than on spinning OpenMP ones.
-        torch.set_num_threads(cfg.threads)
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU threads set to `threads` (when given) for the block, then back to what they were, also on an
+    error. Tiny models on a few busy cores train several times faster on one thread than on spinning OpenMP ones."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def process_settings(cfg: LoopSettings) -> Iterator[None]:
+    """Apply the process-wide settings of a run (`threads`) and restore them, and `os.environ` (accelerate and
+    the DeepSpeed set-up write to it), when the run ends, also on an error."""
+    environ = dict(os.environ)
+    try:
+        with torch_threads(cfg.threads):
+            yield
+    finally:
         for key in set(os.environ) - set(environ):
             del os.environ[key]
         os.environ.update(environ)

@@ -8,12 +8,11 @@ exercise the grid mechanics without training; `cell.run_cell` is the real runner
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import multiprocessing
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from flanmix.study.ablation.report import write_reports
 from flanmix.study.ablation.spec import AblationSpec
 from trainers.init_model import init_model
 from trainers.models import load_tokenizer
+from trainers.runtime import torch_threads
 
 Runner = Callable[[Cell, Context], dict]
 Log = Callable[[str], None]
@@ -75,7 +75,7 @@ def run(spec: AblationSpec | str | Path, out: str | Path, *, runner: Runner | No
         f"{len(set(plan.pool.values()))} clusters; held out {len(plan.held_out)} tasks in "
         f"{len(set(plan.held_out.values()))} clusters ({', '.join(sorted(set(plan.held_out.values())))})")
     plan.out.mkdir(parents=True, exist_ok=True)
-    with _torch_threads((threads or spec.threads) if real else None), cluster_for(engine, address) as cluster:
+    with torch_threads((threads or spec.threads) if real else None), cluster_for(engine, address) as cluster:
         if cluster is not None:
             check_resources(cluster, plan, cells)
         model_dirs, needs = _prepare(plan, log) if prepare else ({}, {})
@@ -118,16 +118,6 @@ def run(spec: AblationSpec | str | Path, out: str | Path, *, runner: Runner | No
     return {"plan": plan, "rows": rows, "ran": progress.ran, "skipped": skipped, "failed": failed}
 
 
-@contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """torch's CPU threads set to `threads` (when given) for the block, then back to what they were."""
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _prepare(plan: Plan, log: Log) -> tuple[dict[tuple[str, int], Path], dict[str, dict]]:

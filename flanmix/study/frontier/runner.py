@@ -20,19 +20,16 @@ storage every node sees. The tables are the same as a local run's.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import hashlib
 import json
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from flanmix.core.atomic import write_json, write_jsonl
 from flanmix.core.errors import FlanmixError
@@ -48,6 +45,7 @@ from trainers.init_model import init_model
 from trainers.models import load_tokenizer
 from trainers.policy import load_policy
 from trainers.rewards import load_reward_fn
+from trainers.runtime import torch_threads
 from trainers.stages import run_stage
 
 Log = Callable[[str], None]
@@ -63,16 +61,6 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """torch's CPU threads set to `threads` (when given) for the block, then back to what they were."""
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 @dataclass
