@@ -87,7 +87,7 @@ def sft_ours(work: Path, steps: int, warmup: int) -> dict:
 def sft_trl(work: Path, steps: int, warmup: int) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     rows = [json.loads(x) for x in (work / "tokenized.jsonl").read_text().splitlines()]
@@ -99,30 +99,9 @@ def sft_trl(work: Path, steps: int, warmup: int) -> dict:
     trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32), args=args,
                          train_dataset=Dataset.from_list(rows), processing_class=AutoTokenizer.from_pretrained(
                              work / "model"), peft_config=peft_config())
-    counts: list[int] = []
-    collate = trainer.data_collator
-
-    def counting(examples):  # real (non-pad) tokens of every batch, as flanmix counts them
-        batch = collate(examples)
-        counts.append(int(batch["attention_mask"].sum()))
-        return batch
-
-    trainer.data_collator = counting
-    times: list[tuple[float, float]] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append((self.t, time.perf_counter()))
-
-    trainer.add_callback(Timer())
-    trainer.train()
-    timed = times[warmup:]
-    secs = timed[-1][1] - timed[0][0]
-    return {"tokens_per_s": sum(counts[warmup:warmup + len(timed)]) / secs, "steps_per_s": len(timed) / secs,
-            "peak_rss_mb": peak_mb()}
+    # real (non-pad) tokens of every batch, as flanmix counts them
+    tokens, secs, n = bench_sft.time_trainer(trainer, lambda b: int(b["attention_mask"].sum()), warmup)
+    return {"tokens_per_s": tokens / secs, "steps_per_s": n / secs, "peak_rss_mb": peak_mb()}
 
 
 def dpo_ours(work: Path, steps: int, warmup: int, reference: str = "precomputed") -> dict:

@@ -124,22 +124,20 @@ def _trl_trainer(work: Path, packed: bool, max_steps: int, defaults: bool, out: 
     return SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
 
 
-def child_trl(work: Path, packed: bool, steps: int, warmup: int, defaults: bool) -> dict:
+def time_trainer(trainer, count_tokens, warmup: int) -> tuple[int, float, int]:
+    """Train a transformers Trainer and time its steps after `warmup`: (tokens, seconds, steps). `count_tokens`
+    counts a collated batch's tokens as flanmix counts them. The wall time runs from the first timed step's start to
+    the last one's end, so data loading between steps is included."""
     from transformers import TrainerCallback
 
-    out = Path(tempfile.mkdtemp(prefix="bench-trl-"))
-    trainer = _trl_trainer(work, packed, warmup + steps, defaults, out)
     counts: list[int] = []
+    times: list[tuple[float, float]] = []
     collate = trainer.data_collator
 
     def counting(examples):
         batch = collate(examples)
-        am = batch.get("attention_mask")
-        counts.append(int(am.sum()) if am is not None else int(batch["input_ids"].numel()))
+        counts.append(count_tokens(batch))
         return batch
-
-    trainer.data_collator = counting
-    times: list[tuple[float, float]] = []
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
@@ -148,14 +146,24 @@ def child_trl(work: Path, packed: bool, steps: int, warmup: int, defaults: bool)
         def on_step_end(self, args, state, control, **kw):
             times.append((self.t, time.perf_counter()))
 
+    trainer.data_collator = counting
     trainer.add_callback(Timer())
     trainer.train()
-    # Wall time between consecutive step starts includes data loading; measure first to last timed step.
     timed = times[warmup:]
-    secs = timed[-1][1] - timed[0][0]
-    tokens = sum(counts[warmup:warmup + len(timed)])
-    return {"tokens_per_s": tokens / secs, "steps_per_s": len(timed) / secs, "peak_rss_mb": _peak_rss_mb(),
-            "tokens_per_step": tokens / len(timed)}
+    return sum(counts[warmup:warmup + len(timed)]), timed[-1][1] - timed[0][0], len(timed)
+
+
+def _real_tokens(batch) -> int:
+    am = batch.get("attention_mask")
+    return int(am.sum()) if am is not None else int(batch["input_ids"].numel())
+
+
+def child_trl(work: Path, packed: bool, steps: int, warmup: int, defaults: bool) -> dict:
+    out = Path(tempfile.mkdtemp(prefix="bench-trl-"))
+    trainer = _trl_trainer(work, packed, warmup + steps, defaults, out)
+    tokens, secs, n = time_trainer(trainer, _real_tokens, warmup)
+    return {"tokens_per_s": tokens / secs, "steps_per_s": n / secs, "peak_rss_mb": _peak_rss_mb(),
+            "tokens_per_step": tokens / n}
 
 
 def child_first_loss(work: Path) -> dict:

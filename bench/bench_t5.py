@@ -129,35 +129,14 @@ def _hf_trainer(work: Path, max_steps: int, group: bool, out: Path):
 
 
 def child_hf(work: Path, steps: int, warmup: int, group: bool) -> dict:
-    from transformers import TrainerCallback
+    from bench_sft import time_trainer  # the same timing as the TRL baselines
 
     out = Path(tempfile.mkdtemp(prefix="bench-t5-hf-"))
     trainer = _hf_trainer(work, warmup + steps, group, out)
-    counts: list[int] = []
-    collate = trainer.data_collator
-
-    def counting(examples):
-        batch = collate(examples)
-        counts.append(int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum()))
-        return batch
-
-    trainer.data_collator = counting
-    times: list[tuple[float, float]] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append((self.t, time.perf_counter()))
-
-    trainer.add_callback(Timer())
-    trainer.train()
-    timed = times[warmup:]  # first to last timed step: data loading between steps is included
-    secs = timed[-1][1] - timed[0][0]
-    tokens = sum(counts[warmup:warmup + len(timed)])
-    return {"tokens_per_s": tokens / secs, "steps_per_s": len(timed) / secs, "peak_rss_mb": _peak_rss_mb(),
-            "tokens_per_step": tokens / len(timed)}
+    tokens, secs, n = time_trainer(
+        trainer, lambda b: int(b["attention_mask"].sum()) + int((b["labels"] != -100).sum()), warmup)
+    return {"tokens_per_s": tokens / secs, "steps_per_s": n / secs, "peak_rss_mb": _peak_rss_mb(),
+            "tokens_per_step": tokens / n}
 
 
 def child_first_loss(work: Path) -> dict:
