@@ -11,6 +11,9 @@ spaces (not newlines) are removed from the input and the target is stripped. Two
 - **template_mix**: 5 exemplars, each in a pattern drawn from those `in_template_mix`, joined by one separator
   per task ("\\n", "\\n\\n" or "\\n\\n\\n") instead of the patterns' `example_separator`.
 
+A task may fix the x_shot count (`x_shot_exemplars`: exactly k distinct rows, no budget; FLAN's NIv2 draws 2 of the
+row's own task) and replace template_mix by zero-shot templates with an inline exemplar (`template_mix_templates`).
+
 Lengths are counted per exemplar with its glue (`len`, or a tokenizer's token count).
 """
 
@@ -117,6 +120,18 @@ def draw_x_shot(rng: random.Random, pool_size: int, num_patterns: int) -> list[i
     """Rows of an x_shot prompt: of 25 draws, those that FLAN renders with the row's own pattern."""
     count = binomial(rng, X_SHOT_DRAWS, 1.0 / max(1, num_patterns))
     return [rng.randrange(pool_size) for _ in range(count)]
+
+
+def draw_fixed(rng: random.Random, pool_size: int, k: int, is_own: Callable[[int], bool]) -> list[int]:
+    """Exactly `k` distinct rows of a pool, in random order (FLAN's NIv2 x_shot: 2 exemplars of the row's task);
+    the row itself (`is_own`) only when the pool has fewer than `k` others. Raises `FewShotDropped` when the pool
+    has fewer than `k` rows."""
+    if pool_size < k:
+        raise FewShotDropped(f"{pool_size} rows for {k} exemplars")
+    # k + 1 draws, the row itself left out: the first k others are a uniform ordered sample of the others.
+    picks = rng.sample(range(pool_size), min(pool_size, k + 1))
+    kept = [p for p in picks if not is_own(p)][:k]
+    return kept if len(kept) == k else picks[:k]
 
 
 def draw_template_mix(rng: random.Random, pool_size: int, in_mix: Sequence[int]) -> list[tuple[int, int]]:

@@ -10,7 +10,15 @@ Layout (`flanmix data mirror` writes it; tests/fixtures/hub is one, written by h
 
 `--hub-mirror DIR` (or `FLANMIX_HUB_MIRROR`, several folders separated by os.pathsep, the first holding a source
 wins) makes hub and repo sources read from there; without one, hub sources load through `datasets` and repo
-sources are unreachable. Nothing here keeps state: the mirror folders travel in the environment, so worker
+sources are unreachable.
+
+A mirror holds whole splits: a source reading a slice (`split: train[:30000]`) reads `train.parquet` and slices it
+on read, as `datasets` would (flanmix.slicing), so tasks slicing one split share one file. A split file may also be
+a sample of the real split (tests/fixtures/hub): then `_info.json` gives the real split's length and the position
+of each stored row in it, `"splits": {"train": {"rows": 2490, "positions": [0, 1, 2300, 2489]}}`, and a slice keeps
+the stored rows whose positions fall inside it.
+
+Nothing here keeps state: the mirror folders travel in the environment, so worker
 processes see them too.
 """
 
@@ -31,6 +39,7 @@ from flanmix.core.atomic import temp_path, write_json
 from flanmix.core.errors import FlanmixError, SourceUnavailable
 from flanmix.core.jsonl import iter_jsonl, read_json
 from flanmix.core.paths import confine
+from flanmix.slicing import SplitSlice
 from flanmix.spec import SourceSpec
 
 MIRROR_ENV = "FLANMIX_HUB_MIRROR"
@@ -88,7 +97,7 @@ def split_file(source: SourceSpec, roots: Iterable[Path] | None = None) -> Path 
     for root in mirror_roots() if roots is None else roots:
         folder = dataset_dir(root, source)
         for suffix in SPLIT_SUFFIXES:
-            path = folder / f"{source.split}{suffix}"
+            path = folder / f"{source.split_name}{suffix}"
             if path.is_file():
                 return path
     return None
@@ -118,47 +127,105 @@ def describe_missing(source: SourceSpec, roots: list[Path]) -> str:
     """Where a mirror should hold a source (for errors)."""
     if source.kind == "repo":
         return " or ".join(str(repo_dir(r, source) / p) for r in roots for p in repo_patterns(source))
-    return " or ".join(f"{dataset_dir(r, source) / source.split}.parquet|.jsonl" for r in roots)
+    return " or ".join(f"{dataset_dir(r, source) / source.split_name}.parquet|.jsonl" for r in roots)
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def read_rows(path: Path) -> list[dict]:
-    """The rows of one mirror file (Parquet, JSONL or gzipped JSONL)."""
+def read_rows(path: Path, start: int = 0, stop: int | None = None) -> list[dict]:
+    """The rows `[start, stop)` (all by default) of one mirror file (Parquet, JSONL or gzipped JSONL)."""
     if path.name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
         try:
-            return pq.read_table(path).to_pylist()
+            table = pq.read_table(path)
+            stop = table.num_rows if stop is None else stop
+            # Only the slice becomes Python rows: FLAN reads 30,000 rows of splits ten or a hundred times larger.
+            return table.slice(start, max(stop - start, 0)).to_pylist()
         except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
             raise FlanmixError(f"cannot read Parquet: {type(err).__name__}: {str(err)[:200]}", file=path,
                                expected="a Parquet file written by `flanmix data mirror`") from None
-    return [row for _, row in iter_jsonl(path)]
+    return [row for _, row in iter_jsonl(path)][start:stop]
 
 
-def hub_rows(source: SourceSpec, *, task_name: str, file: str | None = None) -> list[dict]:
-    """A hub source's rows: from the mirror when one is in effect, else through `datasets` (the hub or its cache).
+def file_rows(path: Path) -> int:
+    """How many rows a mirror file holds (Parquet: from its footer, without reading the rows)."""
+    if path.name.endswith(".parquet"):
+        import pyarrow.parquet as pq
 
-    A source missing from the mirror is a FlanmixError naming the task, the source and where the file should be."""
+        try:
+            return pq.ParquetFile(path).metadata.num_rows
+        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            raise FlanmixError(f"cannot read Parquet: {type(err).__name__}: {str(err)[:200]}", file=path,
+                               expected="a Parquet file written by `flanmix data mirror`") from None
+    return sum(1 for _ in iter_jsonl(path))
+
+
+def sample_positions(path: Path, stored: int) -> tuple[int, list[int]] | None:
+    """(length of the real split, position of each stored row) when the mirror's `_info.json` says a split file is
+    a sample of its split; None for a whole split. A malformed record is a FlanmixError naming `_info.json`."""
+    info = _info(path.parent)
+    entry = info.get("splits", {}).get(path.name.split(".")[0], {}) if isinstance(info, dict) else {}
+    if not isinstance(entry, dict) or "positions" not in entry:
+        return None
+    total, positions = entry.get("rows"), entry["positions"]
+    good = (isinstance(total, int) and isinstance(positions, list) and len(positions) == stored
+            and all(isinstance(p, int) and 0 <= p < total for p in positions)
+            and all(a < b for a, b in zip(positions, positions[1:])))
+    if not good:
+        raise FlanmixError(f"sample positions of {path.name} do not fit its {stored} rows",
+                           file=path.parent / INFO_FILE, field="splits.positions",
+                           expected="the real split's length as `rows` and one increasing position below it per "
+                           "stored row")
+    return total, positions
+
+
+def mirror_split(path: Path, split: SplitSlice) -> list[tuple[int, dict]]:
+    """The rows of a mirror split file inside a slice, with their positions in the split (see the module doc)."""
+    stored = file_rows(path)
+    sample = sample_positions(path, stored)
+    if sample is None:
+        start, stop = split.bounds(stored)
+        return list(enumerate(read_rows(path, start, stop), start))
+    start, stop = split.bounds(sample[0])
+    return [(p, row) for p, row in zip(sample[1], read_rows(path)) if start <= p < stop]
+
+
+def hub_rows(source: SourceSpec, *, task_name: str, file: str | None = None,
+             sliced: bool = True) -> list[tuple[int, dict]]:
+    """A hub source's rows with their positions in the split: from the mirror when one is in effect, else through
+    `datasets` (the hub or its cache). `sliced=False` reads the whole split (the caller slices after `explode`).
+
+    A source missing from the mirror is a FlanmixError naming the task, the source and where the file should be;
+    so is a slice holding no rows (`datasets` refuses one too)."""
     roots = mirror_roots()
+    split = source.split_slice if sliced else SplitSlice(source.split_name)
     if roots:
         path = split_file(source, roots)
         if path is None:
             raise SourceUnavailable(f"task {task_name!r}: hub source {source.describe()} is not in the mirror",
-                               file=file, field="source.hub", expected=describe_missing(source, roots))
-        rows = read_rows(path)
+                                    file=file, field="source.hub", expected=describe_missing(source, roots))
+        if not sliced and not source.split_slice.whole and sample_positions(path, file_rows(path)) is not None:
+            raise FlanmixError(f"task {task_name!r}: {path.name} is a sample of its split, which cannot be sliced "
+                               "after explode", file=path.parent / INFO_FILE, field="splits.positions",
+                               expected="the whole split in the mirror")
+        rows = mirror_split(path, split)
         if not rows:
             raise FlanmixError(f"task {task_name!r}: hub source {source.describe()} has no rows", file=path,
-                               field="source.hub", expected="at least one row")
+                               field="source.split" if not split.whole else "source.hub",
+                               expected="a split (slice) holding at least one row")
         return rows
-    return load_online(source, task_name=task_name, file=file)
+    return load_online(source, split, task_name=task_name, file=file)
 
 
-def load_online(source: SourceSpec, *, task_name: str, file: str | None = None) -> list[dict]:
-    """A hub source's rows through `datasets.load_dataset` (network, or its cache when offline)."""
+def load_online(source: SourceSpec, split: SplitSlice, *, task_name: str,
+                file: str | None = None) -> list[tuple[int, dict]]:
+    """A hub source's rows inside `split` through `datasets.load_dataset` (network, or its cache when offline),
+    with their positions. The whole split is loaded (as `datasets` does for a slice too) and sliced here, so the
+    online and the mirror path resolve a slice identically."""
     import datasets
 
     try:
-        dataset = datasets.load_dataset(source.hub, source.config, split=source.split, revision=source.revision)
+        dataset = datasets.load_dataset(source.hub, source.config, split=split.name, revision=source.revision)
     except Exception as err:  # noqa: BLE001 - datasets raises many types (network, missing config, ...)
         first = str(err).splitlines()[0][:200] if str(err) else ""
         # No network (or the hub switched off): the data is out of reach, not wrong.
@@ -166,7 +233,12 @@ def load_online(source: SourceSpec, *, task_name: str, file: str | None = None) 
         raise (SourceUnavailable if unreachable else FlanmixError)(
             f"task {task_name!r}: cannot load hub dataset {source.describe()}: {type(err).__name__}: {first}",
             file=file, field="source.hub", expected="a reachable hub, a cached dataset, or --hub-mirror DIR") from None
-    return dataset.to_list()
+    start, stop = split.bounds(len(dataset))
+    if start >= stop:
+        raise FlanmixError(f"task {task_name!r}: hub source {source.describe()} has no rows", file=file,
+                           field="source.split", expected=f"a slice holding at least one of {len(dataset)} rows")
+    rows = dataset.to_list() if split.whole else dataset.select(range(start, stop)).to_list()
+    return list(enumerate(rows, start))
 
 
 def repo_files_root(source: SourceSpec, *, task_name: str, file: str | None = None) -> Path:
@@ -237,13 +309,14 @@ def mirror_hub(source: SourceSpec, root: Path) -> tuple[str, int]:
     folder = dataset_dir(root, source)
     info = _info(folder)
     done = split_file(source, [root])
+    name = source.split_name  # the whole split, once for every slice of it
     if done is not None and info.get("revision") == source.revision:
-        return "skipped", info.get("splits", {}).get(source.split, {}).get("rows", -1)
+        return "skipped", info.get("splits", {}).get(name, {}).get("rows", -1)
     import datasets
 
-    dataset = datasets.load_dataset(source.hub, source.config, split=source.split, revision=source.revision)
+    dataset = datasets.load_dataset(source.hub, source.config, split=name, revision=source.revision)
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{source.split}.parquet"
+    final = folder / f"{name}.parquet"
     tmp = temp_path(final)
     bars_were_on = not datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()  # one progress line per source is ours; the setting is restored below
@@ -255,10 +328,10 @@ def mirror_hub(source: SourceSpec, root: Path) -> tuple[str, int]:
         if bars_were_on:
             datasets.enable_progress_bars()
     for suffix in SPLIT_SUFFIXES[1:]:  # a stale JSONL of the split would shadow nothing, but confuse readers
-        (folder / f"{source.split}{suffix}").unlink(missing_ok=True)
+        (folder / f"{name}{suffix}").unlink(missing_ok=True)
     info.update({"dataset": source.hub, "config": source.config, "revision": source.revision,
                  "resolved_revision": resolved_revision(source.hub or "", source.revision)})
-    info.setdefault("splits", {})[source.split] = {"rows": len(dataset), "file": final.name}
+    info.setdefault("splits", {})[name] = {"rows": len(dataset), "file": final.name}
     write_json(folder / INFO_FILE, info)
     return "downloaded", len(dataset)
 
@@ -310,6 +383,30 @@ def mirror_repo(source: SourceSpec, root: Path, checkout: Path | None = None) ->
     return ("downloaded" if fetched else "skipped"), len(names)
 
 
+def mirror_key(source: SourceSpec) -> tuple:
+    """What a mirror stores a source as: sources slicing one split (or exploding its rows) share it."""
+    if source.kind == "hub":
+        return "hub", source.hub, source.config, source.split_name, source.revision
+    return "repo", source.describe(), source.revision
+
+
+def mirror_revision(source: SourceSpec) -> dict | None:
+    """The revision a mirror in effect recorded for a hub or repo source (`revision`, `resolved_revision` of its
+    `_info.json`), or None without a mirror holding it or without a record: a build's input hash includes it, so
+    one spec over two mirror snapshots hashes differently."""
+    roots = mirror_roots()
+    if not roots or source.kind not in ("hub", "repo"):
+        return None
+    if source.kind == "hub":
+        path = split_file(source, roots)
+        folder = path.parent if path is not None else None
+    else:
+        folder = repo_root(source, roots)
+    info = _info(folder) if folder is not None else {}
+    record = {k: info[k] for k in ("revision", "resolved_revision") if isinstance(info, dict) and info.get(k)}
+    return record or None
+
+
 def mirror_sources(sources: list[SourceSpec], root: Path, *, checkouts: dict[str, Path] | None = None,
                    note: Callable[[str], Any] | None = None) -> dict[str, int]:
     """Mirror each hub/repo source (once per distinct source) into `root`; `note` gets one progress line each.
@@ -318,7 +415,7 @@ def mirror_sources(sources: list[SourceSpec], root: Path, *, checkouts: dict[str
     resume)."""
     checkouts = checkouts or {}
     counts = {"downloaded": 0, "skipped": 0}
-    unique = list({s.describe() + str(s.revision): s for s in sources if s.kind in ("hub", "repo")}.values())
+    unique = list({mirror_key(s): s for s in sources if s.kind in ("hub", "repo")}.values())
     for i, source in enumerate(unique, 1):
         try:
             if source.kind == "hub":
@@ -334,5 +431,6 @@ def mirror_sources(sources: list[SourceSpec], root: Path, *, checkouts: dict[str
         counts[state] += 1
         if note:
             unit = "rows" if source.kind == "hub" else "files"
-            note(f"[{i}/{len(unique)}] {source.describe()}: {state} ({rows} {unit})")
+            whole = source.model_copy(update={"split": source.split_name})  # the whole split is what is stored
+            note(f"[{i}/{len(unique)}] {whole.describe()}: {state} ({rows} {unit})")
     return counts

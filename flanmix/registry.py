@@ -114,8 +114,16 @@ def load_task_file(path: Path | str, registry_root: Path | None = None, other_ro
         if template_file not in cache:
             cache[template_file] = read_template_set(template_file)
         templates, template_lines = cache[template_file]
+    mix_set = None
+    if spec.template_mix_templates is not None:  # a second set, looked up like `templates`
+        mix_file = _find_template_file(spec.template_mix_templates, path, registry_root, other_roots)
+        cache = {} if template_cache is None else template_cache
+        if mix_file not in cache:
+            cache[mix_file] = read_template_set(mix_file)
+        mix_set = cache[mix_file][0]
     return Task(spec, templates, spec_file=path, template_file=template_file, template_lines=template_lines,
-                spec_lines=spec_lines, data_root=registry_root, compile_templates=compile_templates)
+                spec_lines=spec_lines, data_root=registry_root, compile_templates=compile_templates,
+                template_mix_set=mix_set)
 
 
 def spec_files(root: Path) -> Iterator[Path]:
@@ -141,7 +149,10 @@ def register_task(spec: TaskSpec | dict[str, Any], templates: TemplateSet | dict
     templates = templates if isinstance(templates, TemplateSet) else TemplateSet.model_validate(templates)
     if spec.name in _PYTHON_TASKS and not replace:
         raise FlanmixError(f"task {spec.name!r} is already registered from Python", field="name")
-    task = Task(spec, templates)
+    mix_set = None
+    if spec.template_mix_templates is not None:
+        mix_set, _ = read_template_set(_find_template_file(spec.template_mix_templates, Path.cwd() / "<python>", None))
+    task = Task(spec, templates, template_mix_set=mix_set)
     _PYTHON_TASKS[spec.name] = task
     return task
 

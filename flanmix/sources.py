@@ -26,6 +26,7 @@ from flanmix.core.capacity import check_fits
 from flanmix.core.errors import FlanmixError
 from flanmix.core.jsonl import iter_jsonl, read_json
 from flanmix.core.paths import expand_confined
+from flanmix.slicing import explode_row
 from flanmix.spec import SourceSpec
 
 Generator = Callable[[random.Random], dict]
@@ -153,8 +154,14 @@ def read_simple_cot_tsv(path: Path) -> Iterator[dict]:
                "chain_of_thought": fields[2].replace("\\n", "\n")}
 
 
+# The task file's name (FLAN's `task_name`, e.g. task001_quoref_question_generation) on every NIv2 row: provenance,
+# not content, so the content-based split (`is_validation`) leaves it out (`flanmix.task`).
+NIV2_TASK_FIELD = "task_name"
+
+
 def read_niv2(path: Path) -> Iterator[dict]:
-    """Super-NaturalInstructions task JSON: one row per instance, with the task definition and examples."""
+    """Super-NaturalInstructions task JSON: one row per instance, with the task definition and examples, and the
+    task's name (the file's stem) in `task_name`."""
     data = read_json(path, what="Super-NaturalInstructions task")
     if not isinstance(data, dict) or not isinstance(data.get("Instances"), list):
         raise FlanmixError("not a Super-NaturalInstructions task", file=path, field="Instances",
@@ -174,7 +181,7 @@ def read_niv2(path: Path) -> Iterator[dict]:
                                expected="a non-empty list of strings")
         yield {"id": instance.get("id", f"{path.stem}-{index}"), "input": instance.get("input", ""),
                "output": outputs[0], "outputs": list(outputs), "definition": definition,
-               "positive_examples": positives, "negative_examples": negatives}
+               "positive_examples": positives, "negative_examples": negatives, NIV2_TASK_FIELD: path.stem}
 
 
 _PLAIN_READERS: dict[str, Callable[[Path], Iterator[dict]]] = {
@@ -234,15 +241,48 @@ def _load_with_datasets(paths: list[Path], fmt: str, source: SourceSpec, file: s
 
 def iter_source(source: SourceSpec, *, task_name: str, base_dir: Path, file: str | None = None,
                 root: Path | None = None) -> Iterator[tuple[str, dict]]:
-    """Yield `(example_id, raw_row)` for a task's source; `root` confines data files (see `resolve_files`)."""
+    """Yield `(example_id, raw_row)` for a task's source; `root` confines data files (see `resolve_files`).
+
+    With `explode`, each row becomes one row per item of its list columns (id `<row id>-<k>`); a hub source's
+    split slice then applies to the exploded rows (FLAN slices TFDS splits whose rows are the single items)."""
+    if source.explode is None:
+        yield from _iter_rows(source, task_name=task_name, base_dir=base_dir, file=file, root=root, sliced=True)
+        return
+    rows = _iter_rows(source, task_name=task_name, base_dir=base_dir, file=file, root=root, sliced=False)
+    exploded = (pair for example_id, row in rows for pair in _explode(example_id, row, source, task_name, file))
+    if source.split_slice.whole:
+        yield from exploded
+        return
+    items = list(exploded)
+    start, stop = source.split_slice.bounds(len(items))
+    if start >= stop:
+        raise FlanmixError(f"task {task_name!r}: hub source {source.describe()} has no rows", file=file,
+                           field="source.split", expected=f"a slice holding at least one of {len(items)} "
+                           "exploded rows")
+    yield from items[start:stop]
+
+
+def _explode(example_id: str, row: dict, source: SourceSpec, task_name: str,
+             file: str | None) -> list[tuple[str, dict]]:
+    try:
+        return [(f"{example_id}-{k}", item) for k, item in enumerate(explode_row(row, source.explode or []))]
+    except ValueError as err:
+        raise FlanmixError(f"task {task_name!r}, row {example_id}: cannot explode: {err}", file=file,
+                           field="source.explode", expected="list columns of equal length in every row") from None
+
+
+def _iter_rows(source: SourceSpec, *, task_name: str, base_dir: Path, file: str | None, root: Path | None,
+               sliced: bool) -> Iterator[tuple[str, dict]]:
+    """`(example_id, raw_row)` of a source as stored (a hub split sliced unless `sliced` is false)."""
     if source.kind == "builtin":
         yield from _generate(source, task_name, file)
         return
     if source.kind == "hub":
         from flanmix.hub import hub_rows  # the mirror or `datasets` (flanmix.hub)
 
-        for index, row in enumerate(hub_rows(source, task_name=task_name, file=file)):
-            yield f"{source.hub}:{source.split}:{index}", row
+        # The position in the whole split: a row keeps its id whichever slice reads it.
+        for position, row in hub_rows(source, task_name=task_name, file=file, sliced=sliced):
+            yield f"{source.hub}:{source.split_name}:{position}", row
         return
     if source.kind == "repo":  # a repository's files, read from the hub mirror and confined to it
         from flanmix.hub import repo_files_root

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from flanmix.core.strict import Strict
+from flanmix.slicing import SplitSlice, parse_split
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
 FILE_FORMATS = ("json", "jsonl", "csv", "tsv", "parquet", "flan_cot_tsv", "simple_cot_tsv", "niv2")
@@ -29,10 +30,21 @@ class SourceSpec(Strict):
     columns: list[str] | None = Field(None, description="column names for header-less csv/tsv")
     hub: str | None = Field(None, description="a Hugging Face dataset id")
     config: str | None = None
-    split: str = "train"
+    split: str = Field("train", description=(
+        "hub split, optionally sliced as in `datasets`: train, train[:30000], train[30200:60200], train[:-200], "
+        "train[:10%]; a mirror stores the whole split once and slices it on read"))
     revision: str | None = Field(None, description="hub or repo revision (a commit, tag or branch)")
     repo: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+$", description=(
         "a GitHub repository (owner/name) whose `files` (paths or globs from its root) hold the rows"))
+    explode: list[str] | None = Field(None, min_length=1, description=(
+        "list columns (dotted paths into nested columns, e.g. orig_answers.texts) of equal length: each source row "
+        "becomes one row per item, holding item k of each (example id `<row id>-<k>`); before any split slice"))
+
+    @field_validator("split")
+    @classmethod
+    def _split_syntax(cls, value: str) -> str:
+        parse_split(value)  # a ValueError names the accepted syntax
+        return value
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SourceSpec:
@@ -41,7 +53,19 @@ class SourceSpec(Strict):
             raise ValueError(f"give exactly one of builtin, files, hub (got {given or 'none'})")
         if self.repo is not None and self.files is None:
             raise ValueError("repo needs files (paths or globs inside the repository)")
+        if self.hub is None and not self.split_slice.whole:
+            raise ValueError(f"split {self.split!r}: slices apply to hub sources only")
         return self
+
+    @property
+    def split_slice(self) -> SplitSlice:
+        """The split name and its slice (`train[:30000]` -> train, 0..30000)."""
+        return parse_split(self.split)
+
+    @property
+    def split_name(self) -> str:
+        """The split without its slice: what `datasets` loads and what a mirror stores."""
+        return self.split_slice.name
 
     @property
     def kind(self) -> str:
@@ -180,6 +204,17 @@ class TaskSpec(Strict):
     inversion_of: str | None = Field(None, pattern=NAME_PATTERN, description=(
         "the task this one inverts (FLAN's CoT and dialog input-inversion tasks); a mixture's `inversion_tasks` "
         "ratio then sets its rate relative to that task's"))
+    few_shot_group: str | None = Field(None, description=(
+        "a Jinja expression over the raw row naming its group (NIv2: `task_name`, the row's NIv2 task): few-shot "
+        "exemplars come from training rows of the row's own group, and a mixture component with "
+        "`split_by_group: true` mixes each group as a task of that name"))
+    x_shot_exemplars: int | None = Field(None, ge=1, le=32, description=(
+        "x_shot prompts of FLAN few-shot patterns hold exactly this many exemplars (drawn without replacement, "
+        "no length budget; FLAN's NIv2: 2) instead of FLAN's Binomial(25, 1/N) draws within the budget"))
+    template_mix_templates: str | None = Field(None, description=(
+        "a template set whose zero_shot templates stand for the template_mix half of fs_opt: rendered zero-shot, "
+        "their exemplar inline (FLAN's NIv2 `template_mix_five_shot`: flan/natinst_v2_inline_fs); template K "
+        "pairs with few-shot pattern K, so the set needs as many templates as the task has fs_opt patterns"))
 
     @model_validator(mode="after")
     def _verified_only_for_hub(self) -> TaskSpec:

@@ -10,6 +10,7 @@ the order rows are rendered in.
 from __future__ import annotations
 
 import random
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +18,18 @@ from typing import Any, Literal
 
 from flanmix.core.constants import TemplateType
 from flanmix.core.errors import FlanmixError
-from flanmix.fewshot import MODES, draw_template_mix, draw_x_shot, flan_prompt, glue_prompt, template_mix_separator
+from flanmix.fewshot import (
+    MODES,
+    FewShotDropped,
+    draw_fixed,
+    draw_template_mix,
+    draw_x_shot,
+    flan_prompt,
+    glue_prompt,
+    template_mix_separator,
+)
 from flanmix.prompts import CompiledTemplate, PromptSet, Rendered, RowFields, variant_specs
-from flanmix.sources import is_validation, iter_source, stable_seed
+from flanmix.sources import NIV2_TASK_FIELD, is_validation, iter_source, stable_seed
 from flanmix.spec import FewShotFormat, TaskSpec, TemplateSet
 from flanmix.templates import ENV, RNG_VARIABLE, Compiled, compile_value, referenced_names
 
@@ -73,11 +83,18 @@ class Task:
     def __init__(self, spec: TaskSpec, templates: TemplateSet, *, spec_file: Path | None = None,
                  template_file: Path | None = None, template_lines: dict[tuple, int] | None = None,
                  spec_lines: dict[str, int] | None = None, data_root: Path | None = None,
-                 compile_templates: bool = True) -> None:
+                 compile_templates: bool = True, template_mix_set: TemplateSet | None = None) -> None:
         """`compile_templates=False` defers compiling the templates to their first use (the bundled FLAN catalog's
-        thousands of templates would otherwise cost every command seconds; tests compile each of them)."""
+        thousands of templates would otherwise cost every command seconds; tests compile each of them).
+        `template_mix_set` is the set the spec's `template_mix_templates` names (the registry loads it)."""
         self.spec = spec
         self.templates = templates
+        self.template_mix_set = template_mix_set
+        self.seed_name = spec.name  # what every draw is seeded by (a group view keeps its task's)
+        self._groups: dict[str, array] | None = None  # few-shot group -> indices of its training rows
+        self._group_expr: Compiled | None = None
+        self._validation_groups: dict[str, list[Example]] | None = None
+        self._mix_prompts: PromptSet | None = None
         self.spec_file = spec_file
         # The folder a spec file's data files must stay in (its registry folder; docs/security.md).
         self.data_root = data_root or (spec_file.parent if spec_file else None)
@@ -94,6 +111,12 @@ class Task:
         if compile_templates:
             self._prompts = self.prompts
             self._compiled_mappings()
+        if template_mix_set is not None and len(template_mix_set.zero_shot) != self.num_templates(
+                template_type="fs_opt"):
+            raise FlanmixError(f"task {spec.name!r}: template_mix_templates has {len(template_mix_set.zero_shot)} "
+                               f"zero_shot templates, the task {self.num_templates(template_type='fs_opt')} fs_opt "
+                               "templates", file=sfile, field="template_mix_templates",
+                               expected="one template per fs_opt template (template K pairs with pattern K)")
         if templates.cot and not spec.rationale_field:
             # CoT templates need a rationale to exist; say so at registration rather than at render time.
             raise FlanmixError("task has cot templates but no rationale_field", file=sfile, field="rationale_field",
@@ -104,9 +127,31 @@ class Task:
         """This task with another template set (compiled now), sharing the rows this task has loaded: the studio
         re-renders an edited set on every keystroke without reading the data again."""
         task = Task(self.spec, templates, spec_file=self.spec_file, template_file=template_file or self.template_file,
-                    template_lines=template_lines, spec_lines=self._spec_lines, data_root=self.data_root)
+                    template_lines=template_lines, spec_lines=self._spec_lines, data_root=self.data_root,
+                    template_mix_set=self.template_mix_set)
         task._splits = self._splits
         return task
+
+    def group_view(self, group: str) -> Task:
+        """The rows of one few-shot group as a task named `group` (a mixture's `split_by_group`): it shares this
+        task's templates, compiled mappings and loaded rows, and seeds its draws by this task's name, so a row
+        renders the same in both."""
+        indices = self.groups()[group]
+        train = self.examples("train")
+        view = Task(self.spec.model_copy(update={"name": group}), self.templates, spec_file=self.spec_file,
+                    template_file=self.template_file, spec_lines=self._spec_lines, data_root=self.data_root,
+                    compile_templates=False, template_mix_set=self.template_mix_set)
+        # Compiled once, here, for all the views (NIv2 has 1,556 of them).
+        view._prompts, view._mappings = self.prompts, self._compiled_mappings()
+        view._mix_prompts = self.mix_prompts if self.template_mix_set is not None else None
+        view._prompt_args, view.seed_name = self._prompt_args, self.seed_name
+        if self._validation_groups is None:  # grouped once for all the views
+            self._validation_groups = {}
+            for example in self.examples("validation"):
+                self._validation_groups.setdefault(self.group_of(example), []).append(example)
+        view._splits = {"train": [train[i] for i in indices], "validation": self._validation_groups.get(group, [])}
+        view._groups = {group: array("q", range(len(indices)))}
+        return view
 
     # ------------------------------------------------------------------------------------------ properties
     @property
@@ -127,6 +172,19 @@ class Task:
             where = {"file": sfile, "line": lines.get("filter")}
             self._mappings = fields, compile_filter(self.spec.filter, **where) if self.spec.filter else None
         return self._mappings
+
+    @property
+    def mix_prompts(self) -> PromptSet:
+        """The compiled `template_mix_templates` set (compiled on first use)."""
+        if self.template_mix_set is None:
+            raise FlanmixError(f"task {self.name!r} names template_mix_templates but was built without that set",
+                               file=self._prompt_args[3], field="template_mix_templates",
+                               expected="a task loaded by the registry (it loads the set)")
+        if self._mix_prompts is None:
+            fields, _, _, sfile = self._prompt_args
+            self._mix_prompts = PromptSet(self.template_mix_set, fields=fields, fields_file=sfile,
+                                          file=f"<template_mix_templates {self.spec.template_mix_templates}>")
+        return self._mix_prompts
 
     @property
     def name(self) -> str:
@@ -188,7 +246,7 @@ class Task:
                     self._check_columns(raw)  # a catalog mapping names the dataset's columns: check them once
                 if self.spec.filter is not None and not self._keep(example_id, raw):
                     continue
-                split = "validation" if is_validation(raw, fraction) else "train"
+                split = "validation" if is_validation(self._split_content(raw), fraction) else "train"
                 splits[split].append(Example(example_id, raw))
             if not splits["train"] and not splits["validation"]:
                 raise FlanmixError(f"task {self.name!r}: source produced no rows", file=self.spec_file,
@@ -196,11 +254,20 @@ class Task:
             self._splits = splits
         return self._splits
 
+    def _split_content(self, raw: dict) -> dict:
+        """What the content-based split hashes: the row without its NIv2 task name (provenance, added after the
+        split was defined: leaving it out keeps every row on its side)."""
+        if self.spec.source.format == "niv2" and NIV2_TASK_FIELD in raw:
+            return {k: v for k, v in raw.items() if k != NIV2_TASK_FIELD}
+        return raw
+
     def _check_columns(self, raw: dict) -> None:
         """Every column the filter and the field mappings read exists in the data (else one line naming the task,
         its source and the field), so a dataset whose schema changed fails before anything renders."""
         known = set(raw) | set(ENV.globals) | {RNG_VARIABLE}
-        checks = ([("filter", self.spec.filter)] if self.spec.filter else []) + [
+        group = self.spec.few_shot_group
+        checks = ([("filter", self.spec.filter)] if self.spec.filter else []) + (
+            [("few_shot_group", "{{ " + group.strip().strip("{}") + " }}")] if group else []) + [
             (f"fields.{name}", src) for name, src in self.spec.fields.items()]
         for field_name, source in checks:
             missing = sorted(referenced_names(source) - known)
@@ -231,19 +298,66 @@ class Task:
         if example.context is None:
             context = dict(example.raw)
             # A `choice` in a field mapping draws per example, seeded by (source seed, task, example id).
-            rng = _LazyRandom((self.spec.source.seed, self.name, example.example_id, "fields"))
+            rng = _LazyRandom((self.spec.source.seed, self.seed_name, example.example_id, "fields"))
             for name, compiled in self._compiled_mappings()[0]:
                 context[name] = compiled(context, rng)
             example.context = context
         return example.context
 
+    def group_of(self, example: Example) -> str:
+        """The example's few-shot group (the spec's `few_shot_group` over its raw row): a non-empty string."""
+        if self._group_expr is None:
+            where = {"file": self._prompt_args[3], "line": self._spec_lines.get("few_shot_group")}
+            if self.spec.few_shot_group is None:
+                raise FlanmixError(f"task {self.name!r} has no few_shot_group", field="few_shot_group", **where,
+                                   expected="a Jinja expression over the raw row naming its group")
+            try:
+                self._group_expr = compile_filter(self.spec.few_shot_group, **where)
+            except FlanmixError as err:
+                raise FlanmixError(f"task {self.name!r}: few_shot_group: {err.message}", **where,
+                                   field="few_shot_group", expected="one Jinja expression, e.g. task_name") from None
+        try:
+            value = self._group_expr(example.raw)
+        except FlanmixError as err:
+            raise FlanmixError(f"task {self.name!r} (source {self.spec.source.describe()}): few_shot_group failed "
+                               f"on row {example.example_id}: {err.message}", file=err.file, line=err.line,
+                               field="few_shot_group", expected=err.expected) from None
+        group = "" if value is None else str(value)
+        if not group.strip():
+            raise FlanmixError(f"task {self.name!r}: few_shot_group is empty for row {example.example_id}",
+                               file=self._prompt_args[3], line=self._spec_lines.get("few_shot_group"),
+                               field="few_shot_group", expected="a non-empty group name for every row")
+        return group
+
+    def groups(self) -> dict[str, array]:
+        """Few-shot group -> indices of its training rows, in order of first appearance (computed once; compact
+        arrays, as NIv2 has millions of rows and forked build workers share them)."""
+        if self._groups is None:
+            groups: dict[str, array] = {}
+            for i, example in enumerate(self.examples("train")):
+                group = self.group_of(example)
+                if group not in groups:
+                    groups[group] = array("q")
+                groups[group].append(i)
+            self._groups = groups
+        return self._groups
+
+    def _pool(self, example: Example) -> tuple[int, Callable[[int], Example]]:
+        """The few-shot pool of a row: its group's training rows (`few_shot_group`), else every training row;
+        as (size, position -> example)."""
+        train = self._load()["train"]
+        if self.spec.few_shot_group is None:
+            return len(train), train.__getitem__
+        group = self.groups().get(self.group_of(example), [])
+        return len(group), lambda p: train[group[p]]
+
     # ------------------------------------------------------------------------------------------ rendering
     def _exemplars(self, target: Example, rng: random.Random) -> list[Example]:
-        pool = self.examples("train")
+        size, at = self._pool(target)
         k = self.spec.few_shot_k
         candidates: list[Example] = []
-        for index in rng.sample(range(len(pool)), min(len(pool), k + 2)):
-            candidate = pool[index]
+        for index in rng.sample(range(size), min(size, k + 2)):
+            candidate = at(index)
             # Never show the target (or an identical copy of it) as its own exemplar.
             if candidate.example_id == target.example_id or candidate.raw == target.raw:
                 continue
@@ -283,7 +397,7 @@ class Task:
         if not 0 <= template_idx < len(items):
             raise FlanmixError(f"template index {template_idx} out of range for task {self.name!r}",
                                field="template_idx", expected=f"0..{len(items) - 1}")
-        rng = _LazyRandom((seed, self.name, example.example_id, template_type, template_idx, cot))
+        rng = _LazyRandom((seed, self.seed_name, example.example_id, template_type, template_idx, cot))
         make_block = self.prompts.block_maker(template_type, randomize_options, rng)
         tmpl = items[template_idx]
         if tmpl.is_pattern:
@@ -312,8 +426,7 @@ class Task:
                         make_block, rng: _LazyRandom, seed: int, count_tokens: Counter | None,
                         mode: str | None) -> Rendered:
         """A FLAN few-shot prompt (x_shot or template_mix) for one row."""
-        pool = self._load()["train"]
-        if not pool:
+        if not self._load()["train"]:
             raise FlanmixError(f"task {self.name!r} has no training rows for few-shot prompts",
                                file=self.spec_file, field="source")
         rng = rng.materialize()  # a few-shot prompt always draws, many times
@@ -322,17 +435,28 @@ class Task:
             mode = "template_mix" if draw else "x_shot"
         elif mode not in MODES:
             raise FlanmixError(f"unknown few-shot mode {mode!r}", field="fewshot_mode", expected=" | ".join(MODES))
+        if mode == "template_mix" and self.spec.template_mix_templates is not None:
+            # FLAN's NIv2 template_mix_five_shot: a zero-shot template with the exemplar inline, no drawn exemplars.
+            mix = self.mix_prompts
+            return mix.render_one(dict(self.context(example)), mix.items("zs_opt")[idx],
+                                  mix.block_maker(template_type, False, rng), rng, where=example.example_id)
+        size, at = self._pool(example)
+        if size == 0:  # a row whose group has no training rows (e.g. a held-out row of a small group)
+            raise FewShotDropped(f"no training row in the few-shot group of row {example.example_id}")
         separator = None
+        count, budget = self._budget(count_tokens)
         if mode == "template_mix" and items[idx].spec.in_template_mix:
             if seed not in self._separators:  # one separator per task (and seed), as FLAN draws one per task
-                self._separators[seed] = template_mix_separator(random.Random(stable_seed(seed, self.name,
+                self._separators[seed] = template_mix_separator(random.Random(stable_seed(seed, self.seed_name,
                                                                                           "template_mix")))
             separator = self._separators[seed]
-            exemplars = [(self.context(pool[row]), pattern)
-                         for row, pattern in draw_template_mix(rng, len(pool), self.prompts.in_mix(template_type))]
+            exemplars = [(self.context(at(row)), pattern)
+                         for row, pattern in draw_template_mix(rng, size, self.prompts.in_mix(template_type))]
+        elif self.spec.x_shot_exemplars is not None:  # exactly k rows, no budget (FLAN's NIv2 x_shot)
+            rows = draw_fixed(rng, size, self.spec.x_shot_exemplars, lambda p: at(p).example_id == example.example_id)
+            exemplars, budget = [(self.context(at(row)), idx) for row in rows], None
         else:  # x_shot (a pattern outside the template mix always assembles this way)
-            exemplars = [(self.context(pool[row]), idx) for row in draw_x_shot(rng, len(pool), len(items))]
-        count, budget = self._budget(count_tokens)
+            exemplars = [(self.context(at(row)), idx) for row in draw_x_shot(rng, size, len(items))]
         return flan_prompt(self.prompts, items, idx, self.context(example), exemplars, make_block=make_block,
                            rng=rng, separator=separator, budget=budget, count=count, where=example.example_id)
 

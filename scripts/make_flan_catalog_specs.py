@@ -18,7 +18,8 @@ FLAN's preprocessing that each spec reproduces (flan/v2/preprocessors.py, task_c
 - Dialog (`wiki_dialog`, `qrecc`): a random odd turn index (< 2 * min(len/2, 20)) splits the turns into the dialog
   so far and the answer; QReCC keeps turns after the sixth (`filter_qrecc`).
 - NIv2: one task over every task file, the 57 MMLU-derived tasks (task664-667, task685-737) excluded; FLAN's
-  Definition, input and output fields, and the first positive example for the inline few-shot patterns.
+  Definition, input and output fields, and the first positive example for the inline few-shot patterns; fs_opt
+  half inline patterns, half x_shot with 2 exemplars of the row's own NIv2 task (`few_shot_group: task_name`).
 """
 
 from __future__ import annotations
@@ -173,10 +174,15 @@ NIV2_SPEC = HEADER.format(commit=FLAN_COMMIT) + """\
 # FLAN: NIV2_TASK_CONFIGS['tfds_natural_instructions'] - one task over every NIv2 task (TFDS natural_instructions),
 # `filter_mmlu_fn` (task664-667, task685-737 excluded) and `lookup_posex_fn` (Definition; the task's first positive
 # example as ex_input/ex_output/ex_explanation for the inline few-shot patterns `natinst_v2_inline_fs`).
-# Rows come from a natural-instructions checkout (tasks/*.json, the `niv2` format); each row's task is in its id.
-# Not yet as FLAN: FLAN's fs_opt rows are its inline patterns (`natinst_v2_inline_fs`: the row with its task's
-# first positive example) and x_shot prompts with 2 exemplars of the row's own NIv2 task; flanmix's fs_opt
-# rows here draw their few-shot exemplars from the whole pool, i.e. from any NIv2 task.
+# Rows come from a natural-instructions checkout (tasks/*.json, the `niv2` format); each row's NIv2 task is its
+# `task_name` (the file's name, as FLAN's TFDS rows carry it).
+# fs_opt as FLAN's FS_OPT_TEMPLATES (mixtures_utils.py), whose two seqio tasks have equal rates (template_mix 0.5 of
+# the set): `template_mix_five_shot` = the inline patterns rendered zero-shot over the row (template_mix_templates),
+# `template_0to10_x_shot` = FEWSHOT_PATTERNS with exactly 2 exemplars of the row's own NIv2 task
+# (`niv2_few_shot_exemplar_lookup_fn`; few_shot_group + x_shot_exemplars). FLAN takes its exemplars from its own
+# per-task sample (niv2_few_shot_data); flanmix draws them from the task's training rows, the row itself only when
+# its task has fewer than 3. A mixture component with `split_by_group: true` mixes every NIv2 task as a task of its
+# own (FLAN's per-task variants), each with its own cap (mixtures/flan2022-niv2-per-task.yaml).
 name: tfds_natural_instructions
 description: Super-NaturalInstructions (NIv2) as FLAN mixes it - one task for all of NIv2, MMLU-derived tasks excluded.
 cluster: niv2
@@ -191,6 +197,9 @@ fields:
   ex_explanation: "{{ positive_examples[0].explanation if positive_examples else '' }}"
 answer_field: output
 templates: flan/natinst_v2
+template_mix_templates: flan/natinst_v2_inline_fs
+few_shot_group: task_name
+x_shot_exemplars: 2
 """
 
 

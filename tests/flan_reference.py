@@ -1,5 +1,6 @@
 """FLAN's rendering rules, written independently for the golden tests (test_flan_render and the catalog tests):
-the substitution of `{name}` fields, the deterministic options block and the few-shot formula."""
+the substitution of `{name}` fields, the deterministic options block, the few-shot formula, and FLAN's NIv2 rows and
+NIv2 x_shot prompts."""
 
 from __future__ import annotations
 
@@ -32,3 +33,27 @@ def flan_fewshot(pattern, row: dict, shots: list[tuple], separator: str | None =
     final = pattern.input_pattern.replace("{{Definition}}", "{Definition}").replace("{{inputs}}", "{inputs_with_ex}")
     inputs = flan_format(final, {**row, "inputs_with_ex": text, "final_suffix": pattern.final_suffix})
     return re.sub(r" *\Z", "", inputs), flan_format(pattern.targets, row).strip(ASCII_WS)
+
+
+def flan_niv2(task_json: dict, instance: dict) -> dict:
+    """FLAN's NIv2 row: the TFDS example (definition, input, output) + `lookup_posex_fn` (the task's positive
+    example, first of the task file's list)."""
+    positive = task_json["Positive Examples"][0]
+    return {"Definition": task_json["Definition"][0], "input": instance["input"], "output": instance["output"][0],
+            "ex_input": positive["input"], "ex_output": positive["output"],
+            "ex_explanation": positive["explanation"]}
+
+
+def niv2_x_shot(pattern, row: dict, shots: list[dict]) -> tuple[str, str]:
+    """FLAN's NIv2 x_shot (`register_niv2_few_shot_task` + `reformat_single_example`): two exemplars of the row's
+    task, each `inputs_pattern + targets_pattern`, the row's part, trailing spaces off, then the pattern's
+    `input_pattern` with `{{Definition}}` and `{{inputs}}` filled in. FLAN's target is `targets_pattern` as is:
+    the output followed by the example separator."""
+    inputs_pattern = pattern.inputs_prefix + pattern.inputs + pattern.x_y_delimiter + pattern.targets_prefix
+    targets_pattern = pattern.targets + pattern.example_separator
+    exemplars = "".join(flan_format(inputs_pattern + targets_pattern, {"input": s["input"], "output": s["output"]})
+                        for s in shots)
+    with_ex = re.sub(r" *\Z", "", exemplars + flan_format(inputs_pattern, {"input": row["input"]}))
+    final = pattern.input_pattern.replace("{{Definition}}", "{Definition}").replace("{{inputs}}", "{inputs_with_ex}")
+    return (flan_format(final, {**row, "inputs_with_ex": with_ex, "final_suffix": ""}),
+            flan_format(targets_pattern, row))

@@ -12,6 +12,7 @@ import numpy as np
 
 from flanmix import __version__
 from flanmix.core.constants import TEMPLATE_TYPES
+from flanmix.hub import mirror_revision
 from flanmix.mixture.plan import Plan, planned_rows
 from flanmix.mixture.resolve import Resolved, effective_template_types
 from flanmix.mixture.spec import MixtureSpec
@@ -38,7 +39,8 @@ def _canonical(obj: Any) -> str:
 
 def input_hashes(resolved: Resolved, extra_files: list[Path]) -> dict[str, dict[str, str]]:
     """sha256 of every input a build reads: spec files, template files, data files (or the source's settings for
-    generated and hub data) and `extra_files` (the decontamination files)."""
+    generated and hub data, with the revision a hub mirror recorded for it) and `extra_files` (the decontamination
+    files)."""
     specs = {str(p): file_sha256(p) for p in resolved.spec_files}
     templates: dict[str, str] = {}
     data: dict[str, str] = {}
@@ -53,7 +55,12 @@ def input_hashes(resolved: Resolved, extra_files: list[Path]) -> dict[str, dict[
             for path in resolve_files(source, base, None):
                 data[str(path)] = file_sha256(path)
         else:
-            data[source.describe()] = hashlib.sha256(_canonical(source.model_dump()).encode()).hexdigest()
+            # A source without `explode` hashes as before the key existed (same spec, same hash).
+            settings: Any = source.model_dump(exclude={"explode"} if source.explode is None else None)
+            revision = mirror_revision(source)
+            if revision is not None:  # the mirror snapshot read (builds without a mirror hash as before)
+                settings = {"source": settings, "mirror": revision}
+            data[source.describe()] = hashlib.sha256(_canonical(settings).encode()).hexdigest()
     for path in extra_files:
         data[str(path)] = file_sha256(path)
     return {"spec_files": dict(sorted(specs.items())), "template_files": dict(sorted(templates.items())),
@@ -152,6 +159,8 @@ def summarize(manifest: dict, counters: dict) -> None:
     planned = sum(planned_rows(build["planned_rows"], build["rows_per_shard"], s["index"]) for s in manifest["shards"])
     manifest["size"] = {"planned": planned, "rows": stats.rows, "dedup_dropped": counters["duplicates"],
                         "decontaminated": counters["decontaminated"]}
-    if counters.get("fewshot_dropped"):  # FLAN few-shot rows without exemplars (only sets with few-shot patterns)
-        manifest["size"]["fewshot_dropped"] = counters["fewshot_dropped"]
+    # FLAN few-shot rows left without exemplars (only sets with few-shot patterns): replaced, or finally dropped
+    for key in ("fewshot_replaced", "fewshot_dropped"):
+        if counters.get(key):
+            manifest["size"][key] = counters[key]
     manifest["lengths"] = length_summary(stats)

@@ -119,6 +119,23 @@ def select_tasks(registry: Registry, component: Component) -> list[Task]:
     return list(out.values())
 
 
+def group_views(tasks: list[Task]) -> list[Task]:
+    """Each task's few-shot groups as tasks of their own (`split_by_group`), in order of first appearance; groups
+    without training rows have nothing to mix and are left out. Names must stay unique across the selection."""
+    out: dict[str, Task] = {}
+    for task in tasks:
+        if task.spec.few_shot_group is None:
+            raise FlanmixError(f"split_by_group: task {task.name!r} has no few_shot_group", field="split_by_group",
+                               expected="tasks whose spec names a few_shot_group (e.g. tfds_natural_instructions)")
+        for group in task.groups():
+            if group in out:
+                raise FlanmixError(f"split_by_group: group {group!r} of task {task.name!r} is also a task or group "
+                                   f"of {out[group].seed_name!r}", field="split_by_group",
+                                   expected="group names unique across the component's tasks")
+            out[group] = task.group_view(group)
+    return list(out.values())
+
+
 def _train_count(task: Task, at: dict) -> int:
     try:
         return len(task.examples("train"))
@@ -180,6 +197,8 @@ class _Resolver:
         """Add a task component's leaves (its share split by the rate rule); returns the task names."""
         try:
             tasks = select_tasks(self.registry, comp)
+            if comp.split_by_group:
+                tasks = group_views(tasks)
         except FlanmixError as err:
             raise err.with_context(**at) from None
         rates = []
@@ -193,6 +212,10 @@ class _Resolver:
         if share != 0:
             total = sum(rates)
             self.leaves.extend(Leaf(label, task, share * r / total, settings) for task, r in zip(tasks, rates))
+            if sum(settings.template_types[2:]) > 0:
+                for task in tasks:  # few-shot groups, once here rather than in every forked build worker
+                    if task.spec.few_shot_group is not None:
+                        task.groups()
         return [t.name for t in tasks]
 
 

@@ -85,12 +85,17 @@ class Component(Strict):
     mixture: str | MixtureBody | None = Field(None, description="a nested mixture (inline or a file)")
     weight: float = Field(1.0, ge=0)
     name: str | None = Field(None, description="label used in the manifest and stats")
+    split_by_group: bool = Field(False, description=(
+        "mix each few-shot group of the selected tasks (their `few_shot_group`, e.g. NIv2's task names) as a task "
+        "of its own, named by the group, with its own rate (min(cap, rows) under an examples rule)"))
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Component:
         given = [k for k in ("task", "tasks", "cluster", "collection", "mixture") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of task, tasks, cluster, collection, mixture (got {given or 'none'})")
+        if self.split_by_group and self.mixture is not None:
+            raise ValueError("split_by_group applies to task selections, not to a nested mixture")
         return self
 
     def label(self) -> str:

@@ -53,9 +53,23 @@ def tfds_record(x: dict) -> dict:  # TFDS's loader keeps sorted sets of entity a
     return {**x, "entities": sorted(set(x["entities"])), "answers": sorted(set(x["answers"]))}
 
 
-def tfds_quac(x: dict) -> dict:  # TFDS: one row per question; the hub: one row per dialogue (first question)
+def tfds_quac(x: dict) -> dict:  # one question row (the spec's `explode` of a hub dialogue) -> the TFDS row
     return {"title": x["wikipedia_page_title"], "background": x["background"], "context": x["context"],
-            "question": x["questions"][0], "orig_answer": {"text": x["orig_answers"]["texts"][0]}}
+            "question": x["questions"], "orig_answer": {"text": x["orig_answers"]["texts"]}}
+
+
+def quac_questions(x: dict) -> list[dict]:
+    """A hub QuAC dialogue as TFDS's rows, one per question: item k of each per-turn column, the rest kept."""
+    turns = ("turn_ids", "questions", "followups", "yesnos")
+    return [{**x, **{c: x[c][k] for c in turns},
+             "answers": {key: value[k] for key, value in x["answers"].items()},
+             "orig_answers": {key: value[k] for key, value in x["orig_answers"].items()}}
+            for k in range(len(x["questions"]))]
+
+
+# FLAN's disjoint train slices of ParaCrawl en-da (task_configs_v1.py: 30,000 train and 200 validation rows each);
+# the fixture's _info.json places its rows at positions inside them.
+FLAN_TRAIN_ROWS = {"true_case": range(0, 30000), "word_segment": range(60400, 90400)}
 
 
 def tfds_story_cloze(x: dict) -> dict:
@@ -262,7 +276,17 @@ UNVERIFIED = {"trivia_qa_wiki_missing", "unified_qa_science_inst"}
 
 def fixture_rows(ref: Ref) -> list[dict]:
     path = FIXTURES / f"{ref.hub}.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return [q for row in rows for q in quac_questions(row)] if ref.key == "quac" else rows
+
+
+def in_train_slice(name: str, rows: list[dict]) -> list[dict]:
+    """The fixture rows inside FLAN's train slice of the task (by their positions in the sampled split)."""
+    info = FIXTURES / REFS[name].hub.rsplit("/", 1)[0] / "_info.json"
+    split = REFS[name].hub.rsplit("/", 1)[1]
+    positions = json.loads(info.read_text())["splits"][split]["positions"] if info.is_file() else range(len(rows))
+    wanted = FLAN_TRAIN_ROWS.get(name)
+    return [r for p, r in zip(positions, rows) if wanted is None or p in wanted]
 
 
 def flan_features(ref: Ref, row: dict) -> dict | None:
@@ -295,7 +319,7 @@ def test_part_b_specs_are_these_35_flan2021_tasks_with_fixtures_in_their_schema(
         assert spec.templates == f"flan/{flan_key_slug(ref.key)}", name
         assert spec.verified is (name not in UNVERIFIED), name
         config = spec.source.config or "default"
-        assert ref.hub == f"{spec.source.hub.replace('/', '__')}/{config}/{spec.source.split}", name
+        assert ref.hub == f"{spec.source.hub.replace('/', '__')}/{config}/{spec.source.split_name}", name
         rows = fixture_rows(ref)
         assert 3 <= len(rows) <= 8 and all(set(r) == SCHEMAS[ref.hub.rsplit("/", 1)[0]] for r in rows), name
 
@@ -306,7 +330,7 @@ def test_fixture_rows_load_from_the_hub_mirror_and_the_filter_drops_what_flan_dr
     ref = REFS[name]
     task = load_task_file(SPECS / f"{name}.yaml")
     loaded = [e.raw for split in ("train", "validation") for e in task.examples(split)]
-    kept = [r for r in fixture_rows(ref) if flan_features(ref, r) is not None]
+    kept = [r for r in in_train_slice(name, fixture_rows(ref)) if flan_features(ref, r) is not None]
     assert sorted(map(json.dumps, loaded)) == sorted(map(json.dumps, kept))
     assert len(task.examples("train")) >= 2  # enough for few-shot prompts
 
@@ -346,7 +370,8 @@ def test_the_tricky_rows_really_exercise_the_preprocessing():
                                                             "walked away."
     assert features("true_case", 3)["lower"] == "read more about Ærø and its ferries."  # ASCII letters only
     assert features("squad_v2", 1)["answer"] == "unanswerable"
-    assert features("quac", 1)["context"] == "The train first ran in 1923.\nIt was rebuilt in 1997."
+    assert features("quac", 2)["context"] == "The train first ran in 1923.\nIt was rebuilt in 1997."
+    assert features("quac", 1)["question"] == "Did she have siblings?"  # the dialogue's second question
     assert features("unified_qa_science_inst", 1)["options"][2] == "100 °C"
     for name, index in (("snli", 3), ("paws_wiki", 3), ("true_case", 2), ("unified_qa_science_inst", 3)):
         assert features(name, index) is None, name

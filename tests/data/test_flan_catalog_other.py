@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from flan_reference import ASCII_WS, flan_fewshot, flan_format, options_block
+from flan_reference import ASCII_WS, flan_fewshot, flan_format, flan_niv2, niv2_x_shot, options_block
 
 from flanmix.batch import Resolver, render_request
 from flanmix.fewshot import flan_prompt
@@ -42,21 +42,6 @@ def dialog_block(turns: list[str]) -> str:
     return "DIALOG:\n" + "\n- ".join(turns) + "\n- "
 
 
-
-
-def niv2_x_shot(pattern, row: dict, shots: list[dict]) -> tuple[str, str]:
-    """FLAN's NIv2 x_shot (`register_niv2_few_shot_task` + `reformat_single_example`): two exemplars of the row's
-    task, each `inputs_pattern + targets_pattern`, the row's part, trailing spaces off, then the pattern's
-    `input_pattern` with `{{Definition}}` and `{{inputs}}` filled in. FLAN's target is `targets_pattern` as is:
-    the output followed by the example separator."""
-    inputs_pattern = pattern.inputs_prefix + pattern.inputs + pattern.x_y_delimiter + pattern.targets_prefix
-    targets_pattern = pattern.targets + pattern.example_separator
-    exemplars = "".join(flan_format(inputs_pattern + targets_pattern, {"input": s["input"], "output": s["output"]})
-                        for s in shots)
-    with_ex = re.sub(r" *\Z", "", exemplars + flan_format(inputs_pattern, {"input": row["input"]}))
-    final = pattern.input_pattern.replace("{{Definition}}", "{Definition}").replace("{{inputs}}", "{inputs_with_ex}")
-    return (flan_format(final, {**row, "inputs_with_ex": with_ex, "final_suffix": ""}),
-            flan_format(targets_pattern, row))
 
 
 @pytest.fixture(scope="module")
@@ -395,15 +380,6 @@ def test_dialog_turn_draw_covers_flans_range(name):
 
 # ================================================================================================= NIv2
 MMLU = set(range(685, 738)) | {664, 665, 666, 667}  # FLAN's NIV2_MMLU_TASK_KEYS, by task number
-
-
-def flan_niv2(task_json: dict, instance: dict) -> dict:
-    """FLAN's NIv2 row: the TFDS example (definition, input, output) + `lookup_posex_fn` (the task's positive
-    example, first of the task file's list)."""
-    positive = task_json["Positive Examples"][0]
-    return {"Definition": task_json["Definition"][0], "input": instance["input"], "output": instance["output"][0],
-            "ex_input": positive["input"], "ex_output": positive["output"],
-            "ex_explanation": positive["explanation"]}
 
 
 @pytest.fixture(scope="module")

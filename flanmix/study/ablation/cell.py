@@ -99,7 +99,8 @@ def limited_registry(registry: Registry, tasks: Sequence[str], k: int) -> Regist
         inverted = [t for t in tset.zero_shot if t.inverted]
         zs = (normal + inverted)[:k]
         out.append(Task(task.spec, tset.model_copy(update={"zero_shot": zs, "cot": list(tset.cot)[:k]}),
-                        spec_file=task.spec_file, template_file=task.template_file))
+                        spec_file=task.spec_file, template_file=task.template_file,
+                        template_mix_set=task.template_mix_set))
     return Registry(out)
 
 
