@@ -46,6 +46,7 @@ from trainers.policy import load_policy
 from trainers.preference import EncodedGroup, check_completion, collate, pad_id_of, read_prompts
 from trainers.protocol import Stage, TrainResult
 from trainers.rewards import load_reward_fn, load_reward_model, new_reward_model, reward_scores, scalar_head
+from trainers.runtime import accelerator_rng
 
 
 class RunningMoments:
@@ -247,12 +248,13 @@ class PPOStage(Stage):
     @torch.no_grad()
     def evaluate(self, ctx=None, n: int = 64) -> dict:
         """Mean raw reward and KL (nats/sequence) of fresh samples for the first n prompts, with a fixed seed
-        and the global CPU RNG left untouched (so evaluating does not change a CPU training run)."""
+        and the global RNGs left untouched - the CPU's and the accelerator's the run samples on - so evaluating
+        does not change a training run."""
         actor = ctx.unwrapped.actor if ctx is not None else self.model.actor
         critic = ctx.unwrapped.critic if ctx is not None else self.model.critic
         device = ctx.device if ctx is not None else torch.device("cpu")
         saved = (self.rollout_idx, self.rollout_batch_size, list(self.history), self.moments.state_dict())
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(**accelerator_rng(device)):
             torch.manual_seed(self.seed + 12345)
             self.rollout_idx, self.rollout_batch_size = 0, min(n, len(self.prompts))
             self.rollout(actor, critic, device)

@@ -34,6 +34,15 @@ def torch_threads(threads: int | None) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
+def accelerator_rng(device: torch.device) -> dict[str, Any]:
+    """`torch.random.fork_rng` arguments that save and restore the RNG of `device` besides the CPU's: a block that
+    reseeds for a fixed draw (an evaluation) then leaves a GPU run's sampling exactly where it was."""
+    if device.type == "cpu":
+        return {"devices": []}
+    index = device.index if device.index is not None else getattr(torch, device.type).current_device()
+    return {"devices": [index], "device_type": device.type}
+
+
 @contextlib.contextmanager
 def process_settings(cfg: LoopSettings) -> Iterator[None]:
     """Apply the process-wide settings of a run (`threads`) and restore them, and `os.environ` (accelerate and

@@ -144,3 +144,19 @@ def test_preference_stages_use_the_sft_rule(tok):
         g = encode_group(tok, Group(prompt, [chosen, "red cat"], [1.0, 0.0], None, None), 256)
         assert g.prompt_ids == ids[:first]
         assert g.responses_ids[0] == ids[first: last + 1]
+
+
+@pytest.mark.parametrize("tagged", [TINY_TAGGED, LLAMA3_TAGGED, CHATML_TAGGED])
+def test_chat_prompt_ids_carry_one_bos_whatever_the_template_writes(tok, tagged):
+    """PPO and the preference stages feed conversational prompts through `prompt_ids`: a template that writes
+    `{{ bos_token }}` itself must not get a second BOS from the tokenizer, and one that does not gets none; the ids
+    equal the template's own tokenization of the generation prompt."""
+    from trainers.data import prompt_ids
+
+    t = _with_template(tok, tagged, ("<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>",
+                                     "<|eot_id|>"))
+    prompt = CONVERSATION[:2]
+    ids = prompt_ids(t, prompt)
+    ref = t.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert ids == list(ref)
+    assert ids.count(t.bos_token_id) == (1 if "bos_token" in tagged else 0)

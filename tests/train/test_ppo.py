@@ -231,3 +231,21 @@ def test_action_logprobs_equal_full_logits(tiny_model_dir):
         full = token_logprobs(logits, ids)
         got = action_logprobs(actor, ids, attn, amask)
     assert torch.allclose(got, full * amask, atol=1e-5)
+
+
+def test_evaluation_forks_the_rng_of_the_device_it_samples_on():
+    """PPO's evaluation reseeds for a fixed draw: on a GPU it must save and restore that GPU's RNG too (not only the
+    CPU's), or a run that evaluates would sample differently from one that does not."""
+    import torch
+
+    from trainers.runtime import accelerator_rng
+
+    assert accelerator_rng(torch.device("cpu")) == {"devices": []}
+    assert accelerator_rng(torch.device("cuda", 1)) == {"devices": [1], "device_type": "cuda"}
+    with torch.random.fork_rng(**accelerator_rng(torch.device("cpu"))):
+        torch.manual_seed(0)
+    state = torch.get_rng_state()
+    with torch.random.fork_rng(**accelerator_rng(torch.device("cpu"))):
+        torch.manual_seed(123)
+        torch.rand(3)
+    assert torch.equal(state, torch.get_rng_state())
