@@ -11,8 +11,8 @@ locally trained tokenizer, with the quirks of the real checkpoints it stands for
                                                                                       residual, untied
     gemma     Gemma                 BPE, adds BOS <bos>, pad <pad> = 0                MQA, scaled embeddings, tied
     t5        T5 v1.1 / Flan-T5     Unigram, pad 0, eos </s> 1 appended, unk 2        encoder-decoder, gated-GELU,
-                                                                                      relative positions, tied and
-                                                                                      scaled output (see below)
+                                                                                      relative positions, untied
+                                                                                      output, not scaled (below)
 
 Nothing here downloads anything; torch and transformers are imported inside the functions.
 """
@@ -129,9 +129,24 @@ def arch_config(arch: str, spec, vocab_size: int, ids: dict[str, int | None]):
         return transformers.T5Config(
             d_model=spec.hidden, d_ff=spec.intermediate, d_kv=spec.head_dim or spec.hidden // spec.heads,
             num_heads=spec.heads, num_layers=spec.layers, num_decoder_layers=spec.layers,
-            # transformers 5 always ties T5's output layer to the shared embeddings; tied, T5 scales the decoder
-            # output by d_model^-0.5 (as T5 v1.0), which keeps a random model's logits (and first loss) sane
-            feed_forward_proj="gated-gelu", tie_word_embeddings=True, dropout_rate=0.0, is_encoder_decoder=True,
+            # T5 v1.1 / Flan-T5: an output layer of its own and no d_model^-0.5 scaling of the decoder output.
+            # transformers 5 still ties the two at init (its T5Config forces tie_word_embeddings=True and keeps
+            # only the scaling switch); `untie_t5_output` gives the output layer its own weights, and a checkpoint
+            # holding two different tensors loads untied - exactly as a downloaded Flan-T5 does.
+            feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0, is_encoder_decoder=True,
             decoder_start_token_id=pad, vocab_size=vocab_size, pad_token_id=pad, eos_token_id=eos,
         )
     raise FlanmixError(f"no config builder for {arch!r}", field="arch")  # llama is built by init_model.llama_config
+
+
+def untie_t5_output(model, generator=None) -> None:
+    """Give a freshly built T5's output layer its own weights, initialised as T5 v1.1 / Flan-T5 initialise their
+    separate `lm_head` (normal, std d_model^-0.5, so a random model's logits keep a sane scale without the tied
+    model's output scaling). transformers 5 ties them at init whatever the config says."""
+    import torch
+
+    head = model.lm_head
+    if head.weight.data_ptr() != model.shared.weight.data_ptr():
+        return
+    weight = torch.empty_like(head.weight).normal_(0.0, model.config.d_model ** -0.5, generator=generator)
+    head.weight = torch.nn.Parameter(weight)

@@ -25,6 +25,7 @@ from trainers.archs import (
     TokenizerStyle,
     arch_config,
     check_arch,
+    untie_t5_output,
 )
 from trainers.archs import model_class as arch_model_class
 from trainers.data import read_rows
@@ -123,6 +124,8 @@ def count_params(size: str | ModelSize, vocab_size: int = DEFAULT_VOCAB, arch: s
     ids = {"pad": 0, "bos": None if arch == "t5" else 1, "eos": 1 if arch == "t5" else 2}
     with torch.device("meta"):
         model = arch_model_class(arch)(build_config(arch, spec, vocab_size, ids))
+        if arch == "t5":
+            untie_t5_output(model)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -309,6 +312,8 @@ def init_model(
     config = build_config(arch, spec, vocab, ids)
     torch.manual_seed(seed)
     model = arch_model_class(arch)(config)
+    if arch == "t5":
+        untie_t5_output(model)
     gen = model.generation_config
     gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     gen.eos_token_id = tokenizer.eos_token_id

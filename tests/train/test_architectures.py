@@ -33,7 +33,7 @@ from trainers.sft import SFTConfig, SFTStage
 # (adds BOS, has its own pad token, tied embeddings) of each family, as built by `init-model --arch`
 QUIRKS = {"llama": (True, True, True), "qwen2": (False, True, False), "mistral": (True, False, False),
           "gpt2": (False, False, True), "gpt_neox": (False, False, False), "gemma": (True, True, True),
-          "t5": (False, True, True)}
+          "t5": (False, True, False)}
 ROWS = [{"inputs": f"What is {i} + {i * 7}?", "targets": str(i * 8) + " yes" * (i % 3)} for i in range(10)]
 
 

@@ -53,6 +53,23 @@ def test_tokenizer_has_t5_special_tokens(t5, tmp_path):
     assert tok.convert_tokens_to_ids("<extra_id_2>") == len(tok) - 3
 
 
+def test_rungs_are_untied_and_unscaled_like_flan_t5(t5):
+    """Flan-T5 (T5 v1.1) has an output layer of its own and does not scale the decoder output by d_model^-0.5; a
+    saved rung loads that way in plain transformers, and its logits are lm_head(decoder output) with no scaling."""
+    import torch
+    from transformers import T5ForConditionalGeneration
+
+    model = T5ForConditionalGeneration.from_pretrained(t5)
+    assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
+    assert not torch.equal(model.lm_head.weight, model.shared.weight)
+    assert model.config.scale_decoder_outputs is False
+    ids = torch.tensor([[5, 6, 7, 1]])
+    out = model(input_ids=ids, decoder_input_ids=torch.tensor([[0, 5]]), output_hidden_states=True)
+    assert torch.allclose(out.logits, model.lm_head(out.decoder_hidden_states[-1]), atol=1e-6)
+    std = model.lm_head.weight.std().item() * model.config.d_model ** 0.5
+    assert 0.9 < std < 1.1  # initialised with std d_model^-0.5 (T5 v1.1's separate output layer)
+
+
 def test_sft_loss_equals_transformers_t5_loss_with_labels(t5, rows_file, tmp_path):
     stage = SFTStage(SFTConfig(model=str(t5), data=str(rows_file), output_dir=str(tmp_path)), verbose=False)
     assert stage.seq2seq and not stage.packing
@@ -162,10 +179,9 @@ def test_init_model_cli_and_the_t5_ladder(tmp_path, capsys):
     assert (small.hidden, small.intermediate, small.heads, small.head_dim, small.layers) == (512, 1024, 6, 64, 8)
     params = {r["name"]: r["params"] for r in list_sizes(32128, "t5")}
     assert list(params) == ["nano", "tiny", "mini", "small", "base", "medium", "large"]
-    # Flan-T5's parameter counts (small 76.96M, base 247.58M, large 783.15M) less its untied output layer (our
-    # rungs tie it to the embeddings, as transformers 5 does for a T5 built from a config)
+    # Flan-T5's own parameter counts (small 76.96M, base 247.58M, large 783.15M), untied output layer included
     for name, flan in (("small", 76_961_152), ("base", 247_577_856), ("large", 783_150_080)):
-        assert params[name] + T5_SIZES[name].hidden * 32128 == flan
+        assert params[name] == flan
 
 
 def test_ablation_models_take_t5_rungs_and_folders(t5, tmp_path):
