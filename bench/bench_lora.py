@@ -1,7 +1,7 @@
 """LoRA benchmark, one run: flanmix LoRA SFT vs TRL SFTTrainer + PEFT (tokens/s), flanmix LoRA DPO vs TRL
 DPOTrainer + PEFT (steps/s), and the peak memory of LoRA DPO vs full DPO on the `base` rung.
 
-    python bench/bench_lora.py [--sft-steps 50] [--dpo-steps 20] [--repeats 2]      # about 10 minutes
+    python bench/bench_lora.py [--sft-steps 50] [--dpo-steps 20] [--repeats 2]      # about 12 minutes
 
 Same adapter everywhere: LoRA r=16, alpha=32, no dropout, on every linear layer but the output head (PEFT's
 "all-linear"), fp32, no activation checkpointing. SFT reuses `bench_sft.py`'s set-up (tiny Llama, bundled-task
@@ -11,11 +11,28 @@ in its default mode (reference log-probs computed once from the adapter-disabled
 apples-to-apples row, with `reference_mode: copy` (the adapter-disabled base on every step, as TRL does).
 
 Memory: `init-model`'s `base` rung shape (26M parameters, the tiny run's tokenizer), DPO batch 8, a few steps,
-each configuration in its own process, without and with activation checkpointing. Reported: peak RSS, and the
-model's part of it (peak RSS minus the RSS of the same process once the tokenizer and the tokenized pairs exist,
-before the model is loaded: weights, reference pass, gradients, optimizer state, activations), which is what a GPU's
-allocated memory would show. Without checkpointing, batch-8 activations (the same for LoRA and
-full) are a large share of that on a model this small; with it, weights, gradients and Adam states dominate.
+reference precomputed, each configuration in its own process, without and with activation checkpointing (and, for
+the allocated measure, with padded pairs instead of prompt-shared rows), in three measures (`--parts memory`
+re-measures them alone and keeps the speed part of --out):
+
+- allocated (the headline): the parameters' bytes plus the peak of PyTorch's CPU allocator during the run, read
+  from the profiler's memory reporter. This is what `torch.cuda.max_memory_allocated` reports on a GPU and what
+  LoRA's saving is about: full DPO's gradients and AdamW states for every weight against LoRA's for the adapter,
+  and the activations, which both keep. It leaves out what is not the model's: the allocator's cached pages,
+  library code and data, Python objects.
+- RSS above imports: peak RSS (VmHWM: a child's own, not inherited like getrusage's ru_maxrss) minus the RSS
+  once torch, transformers, accelerate and peft are imported (by both configurations) and the tokenizer and
+  tokenized pairs exist. Closer to "what the process costs", but it also holds allocator and library overheads
+  that do not scale with the model (glibc keeps large frees in its heap unless `MALLOC_MMAP_THRESHOLD_` is set,
+  lazily loaded kernels and libraries).
+- the previous measure ("rss_old"): the same, but with the baseline taken before the modules that loading and
+  training import lazily (peft, parts of transformers and accelerate: 74 MB more for full DPO, 84 MB for LoRA);
+  kept for comparison with the earlier results, which it no longer reproduces (0.61× then, 0.69× in this
+  environment, also on the commit that wrote it: RSS baselines drift; the allocated figures came out the same in
+  every run and on both commits).
+
+A fourth figure comes with "rss": peak RSS above the RSS after a warm-up run of the same configuration on a `nano`
+model (code pages, kernels and caches any run loads, about 130 MB). It agrees with "allocated" to a few percent.
 
 Writes bench/results/lora.json and prints a markdown table. TRL and PEFT are bench/dev dependencies.
 """
@@ -133,10 +150,43 @@ def dpo_trl(work: Path, steps: int, warmup: int) -> dict:
     return {"steps_per_s": bench_pref._rate(clock, warmup, steps), "peak_rss_mb": peak_mb()}
 
 
-def dpo_memory(work: Path, lora: bool, checkpointing: bool = False) -> dict:
-    """Peak memory of a few DPO steps on the `base` rung, full or LoRA (same data, batch, reference mode), with or
-    without activation checkpointing. The baseline is read after the tokenizer and the tokenized data exist, so the
-    difference is what the model costs: weights, reference pass, gradients, optimizer state, activations."""
+def allocated_peak_mb(fn) -> float:
+    """Peak bytes held by PyTorch's CPU allocator while `fn()` runs, above what was allocated before (MB): the
+    profiler's memory reporter keeps the running total of the allocations made while it is on (a block allocated
+    before is not counted when it is freed), the CPU counterpart of `torch.cuda.max_memory_allocated`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        from torch._C._profiler import _EventType
+    except ImportError:
+        raise SystemExit("this torch has no profiler event tree (torch._C._profiler._EventType)") from None
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    peak, events = 0, list(prof.profiler.kineto_results.experimental_event_tree())
+    while events:
+        e = events.pop()
+        if e.tag == _EventType.Allocation and e.extra_fields.device.type == "cpu":
+            peak = max(peak, e.extra_fields.total_allocated)
+        events.extend(e.children)
+    return peak / 2**20
+
+
+def tensor_mb(model) -> float:
+    """Bytes of the model's parameters and buffers (shared storages once: tied embeddings), MB."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in [*model.parameters(), *model.buffers()]}
+    return sum(storages.values()) / 2**20
+
+
+def dpo_memory(work: Path, lora: bool, checkpointing: bool = False, measure: str = "rss",
+               prefix_sharing: bool = True) -> dict:
+    """Memory of a few DPO steps on the `base` rung, full or LoRA (same data, batch, precomputed reference), with or
+    without activation checkpointing, in one of the measures of the module docstring: "allocated" (the tensors, as
+    PyTorch's allocator sees them), "rss" (peak RSS above the RSS after the imports, and above the RSS after a
+    warm-up run of the same configuration on a `nano` model) or "rss_old" (the previous measure). Without
+    `prefix_sharing`, batches are padded pairs (the prompt once per response)."""
+    if measure != "rss_old":
+        import peft  # noqa: F401  (imported by both configurations before the baseline)
     from flanmix.preferences import load_preferences
     from trainers import loop
     from trainers.adapters import wrap
@@ -148,20 +198,47 @@ def dpo_memory(work: Path, lora: bool, checkpointing: bool = False) -> dict:
 
     tok = load_tokenizer(work / "base")
     groups = encode_groups(tok, load_preferences(work / "prefs.jsonl"), bench_pref.MAX_LEN)
-    base_rss = rss_mb()
-    model = load_policy(work / "base")
-    if lora:
-        model = wrap(model, PeftSettings(**LORA), base_path=work / "base")
-    stage = DPOStage(model, tok, groups, beta=0.1)
-    trainable = sum(p.numel() for p in stage.model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in stage.model.parameters())
-    settings = LoopSettings(output_dir=str(work / "mem"), batch_size=bench_pref.BATCH, max_steps=MEM_STEPS,
-                            lr=1e-4, log_every=10_000, progress=False, tensorboard=False, save_final=False,
-                            resume="never", schedule="constant", seed=0, gradient_checkpointing=checkpointing)
+
+    def settings(name: str) -> LoopSettings:
+        return LoopSettings(output_dir=str(work / name), batch_size=bench_pref.BATCH, max_steps=MEM_STEPS, lr=1e-4,
+                            log_every=10_000, progress=False, tensorboard=False, save_final=False, resume="never",
+                            schedule="constant", seed=0, gradient_checkpointing=checkpointing)
+
+    def policy(model):
+        return wrap(model, PeftSettings(**LORA), base_path=work / "base") if lora else model
+
+    out = {"baseline_rss_mb": rss_mb()}
+    if measure == "rss":  # the same run on a nano model: loads the code, kernels and caches any run needs
+        import gc
+
+        from transformers import LlamaForCausalLM
+
+        from trainers.init_model import llama_config
+
+        nano = LlamaForCausalLM(llama_config("nano", len(tok), pad_id=tok.pad_token_id, bos_id=tok.bos_token_id,
+                                             eos_id=tok.eos_token_id))
+        loop.train(DPOStage(policy(nano), tok, groups[:16], beta=0.1), settings("warm"))
+        del nano
+        gc.collect()
+        out["warm_baseline_rss_mb"] = rss_mb()
+    model = policy(load_policy(work / "base"))
+    out.update(params=sum(p.numel() for p in model.parameters()),
+               trainable=sum(p.numel() for p in model.parameters() if p.requires_grad), weights_mb=tensor_mb(model))
+
+    def run() -> None:
+        stage = DPOStage(model, tok, groups, beta=0.1, prefix_sharing=prefix_sharing)  # the reference pass too
+        loop.train(stage, settings("mem"))
+
     t0 = time.perf_counter()
-    loop.train(stage, settings)
-    return {"peak_rss_mb": peak_mb(), "baseline_rss_mb": base_rss, "training_mb": peak_mb() - base_rss,
-            "params": total, "trainable": trainable, "seconds": time.perf_counter() - t0}
+    if measure == "allocated":
+        out["allocated_peak_mb"] = out["weights_mb"] + allocated_peak_mb(run)
+    else:
+        run()
+        out.update(peak_rss_mb=peak_mb(), training_mb=peak_mb() - out["baseline_rss_mb"])
+        if "warm_baseline_rss_mb" in out:
+            out["warm_training_mb"] = peak_mb() - out["warm_baseline_rss_mb"]
+    out["seconds"] = time.perf_counter() - t0
+    return out
 
 
 WORKERS = {
@@ -170,12 +247,24 @@ WORKERS = {
     "dpo_ours": lambda w, a: dpo_ours(w, a.dpo_steps, a.warmup),
     "dpo_ours_onthefly": lambda w, a: dpo_ours(w, a.dpo_steps, a.warmup, reference="copy"),
     "dpo_trl": lambda w, a: dpo_trl(w, a.dpo_steps, a.warmup),
-    "mem_full": lambda w, a: dpo_memory(w, lora=False),
-    "mem_lora": lambda w, a: dpo_memory(w, lora=True),
-    "mem_full_ckpt": lambda w, a: dpo_memory(w, lora=False, checkpointing=True),
-    "mem_lora_ckpt": lambda w, a: dpo_memory(w, lora=True, checkpointing=True),
     "prepare": lambda w, a: prepare(w, a.rows, a.pairs),
 }
+SPEED = [n for n in WORKERS if n != "prepare"]
+MEASURES = ("allocated", "rss", "rss_old")
+
+
+def memory_worker(measure: str, kind: str, checkpointing: bool):
+    return lambda w, a: dpo_memory(w, lora=kind == "lora", checkpointing=checkpointing, measure=measure)
+
+
+for _measure in MEASURES:
+    for _ckpt in ("", "_ckpt"):
+        for _kind in ("full", "lora"):
+            WORKERS[f"mem_{_measure}_{_kind}{_ckpt}"] = memory_worker(_measure, _kind, bool(_ckpt))
+for _kind in ("full", "lora"):  # padded pairs instead of prompt-shared rows: the log-probs' share of memory grows
+    WORKERS[f"mem_allocated_{_kind}_padded"] = (lambda k: lambda w, a: dpo_memory(
+        w, lora=k == "lora", measure="allocated", prefix_sharing=False))(_kind)
+MEMORY = [n for n in WORKERS if n.startswith("mem_")]
 
 
 # -------------------------------------------------------------------------------------------------------- main
@@ -226,6 +315,67 @@ def run(name: str, work: Path, args) -> dict:
     return res
 
 
+def speed_ratios(m: dict) -> dict:
+    return {"sft_tokens_per_s": m["sft_ours"]["tokens_per_s"] / m["sft_trl"]["tokens_per_s"],
+            "dpo_steps_per_s": m["dpo_ours"]["steps_per_s"] / m["dpo_trl"]["steps_per_s"],
+            "dpo_onthefly_steps_per_s": m["dpo_ours_onthefly"]["steps_per_s"] / m["dpo_trl"]["steps_per_s"]}
+
+
+def memory_ratios(m: dict) -> dict:
+    """LoRA over full, per measure, without and with activation checkpointing."""
+    out = {}
+    for ck in ("", "_ckpt"):
+        pre = "memory" + ck
+        out[f"{pre}_lora_over_full_allocated"] = (m[f"mem_allocated_lora{ck}"]["allocated_peak_mb"]
+                                                  / m[f"mem_allocated_full{ck}"]["allocated_peak_mb"])
+        for measure, key in (("rss", "training_mb"), ("rss", "warm_training_mb"), ("rss_old", "training_mb")):
+            name = f"{pre}_lora_over_full_{measure}_{key.removesuffix('_mb')}"
+            out[name] = m[f"mem_{measure}_lora{ck}"][key] / m[f"mem_{measure}_full{ck}"][key]
+        out[f"{pre}_lora_over_full_peak_rss"] = m[f"mem_rss_lora{ck}"]["peak_rss_mb"] / m[f"mem_rss_full{ck}"][
+            "peak_rss_mb"]
+    out["memory_padded_lora_over_full_allocated"] = (m["mem_allocated_lora_padded"]["allocated_peak_mb"]
+                                                     / m["mem_allocated_full_padded"]["allocated_peak_mb"])
+    return out
+
+
+def print_table(m: dict, ratios: dict) -> None:
+    """The README's rows."""
+    print("| what | baseline | flanmix | ratio (goal) |\n|---|---:|---:|---:|")
+    print(f"| LoRA SFT, tiny, batch 8 | TRL SFTTrainer + PEFT: {m['sft_trl']['tokens_per_s']:,.0f} tok/s, "
+          f"{m['sft_trl']['peak_rss_mb']:,.0f} MB | {m['sft_ours']['tokens_per_s']:,.0f} tok/s, "
+          f"{m['sft_ours']['peak_rss_mb']:,.0f} MB | **{ratios['sft_tokens_per_s']:.2f}×** (≥ 2×) |")
+    print(f"| LoRA DPO, tiny, batch 8 | TRL DPOTrainer + PEFT: {m['dpo_trl']['steps_per_s']:.2f} steps/s, "
+          f"{m['dpo_trl']['peak_rss_mb']:,.0f} MB | {m['dpo_ours']['steps_per_s']:.2f} steps/s, "
+          f"{m['dpo_ours']['peak_rss_mb']:,.0f} MB | **{ratios['dpo_steps_per_s']:.2f}×** (≥ 2×) |")
+    print(f"| LoRA DPO, reference on every step | same | {m['dpo_ours_onthefly']['steps_per_s']:.2f} steps/s | "
+          f"{ratios['dpo_onthefly_steps_per_s']:.2f}× |")
+    for ck, what in (("", ""), ("_ckpt", ", activation checkpointing")):
+        full, lora = m[f"mem_allocated_full{ck}"], m[f"mem_allocated_lora{ck}"]
+        rf, rl = m[f"mem_rss_full{ck}"], m[f"mem_rss_lora{ck}"]
+        r = {k.split("_over_full_")[1]: v for k, v in ratios.items() if k.startswith(f"memory{ck}_lora_over_full")}
+        print(f"| DPO peak memory, base rung ({full['params'] / 1e6:.1f}M){what} | full DPO: "
+              f"{full['allocated_peak_mb']:,.0f} MB allocated ({rf['warm_training_mb']:,.0f} MB RSS above a warm "
+              f"process) | LoRA: {lora['allocated_peak_mb']:,.0f} MB ({rl['warm_training_mb']:,.0f} MB) | "
+              f"**{r['allocated']:.2f}×** allocated ({r['rss_warm_training']:.2f}× RSS above a warm process, "
+              f"{r['rss_training']:.2f}× above the imports, {r['rss_old_training']:.2f}× previous measure) (≤ 0.6) |")
+    full, lora = m["mem_allocated_full_padded"], m["mem_allocated_lora_padded"]
+    print(f"| the same, padded pairs (no prompt sharing) | full DPO: {full['allocated_peak_mb']:,.0f} MB allocated | "
+          f"LoRA: {lora['allocated_peak_mb']:,.0f} MB | **{ratios['memory_padded_lora_over_full_allocated']:.2f}×** |")
+
+
+def run_all(names: list[str], args) -> dict[str, list[dict]]:
+    """Every named worker in its own process (speed ones `args.repeats` times, memory ones once)."""
+    with tempfile.TemporaryDirectory(prefix="bench_lora_") as tmp:
+        work = Path(tmp)
+        run("prepare", work, args)  # in its own process too: this one stays small (see peak_mb)
+        runs: dict[str, list[dict]] = {name: [] for name in names}
+        for rep in range(args.repeats):
+            for name in names:  # baseline and flanmix back to back, every repeat; memory (deterministic) once
+                if rep == 0 or not name.startswith("mem"):
+                    runs[name].append(run(name, work, args))
+    return runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sft-steps", type=int, default=50)
@@ -235,6 +385,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=2000)
     ap.add_argument("--pairs", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1, help="OMP/torch threads per run, the same for all")
+    ap.add_argument("--parts", nargs="+", choices=("speed", "memory"), default=["speed", "memory"],
+                    help="what to measure; the other part is kept from --out")
     ap.add_argument("--out", default=str(HERE / "results" / "lora.json"))
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
@@ -248,63 +400,41 @@ def main() -> None:
         return
 
     t0 = time.time()
-    with tempfile.TemporaryDirectory(prefix="bench_lora_") as tmp:
-        work = Path(tmp)
-        run("prepare", work, args)  # in its own process too: this one stays small (see peak_mb)
-        names = [n for n in WORKERS if n != "prepare"]
-        runs: dict[str, list[dict]] = {name: [] for name in names}
-        for rep in range(args.repeats):
-            for name in names:  # baseline and flanmix back to back, every repeat; memory (deterministic) once
-                if rep == 0 or not name.startswith("mem"):
-                    runs[name].append(run(name, work, args))
+    out = Path(args.out)
+    names = (SPEED if "speed" in args.parts else []) + (MEMORY if "memory" in args.parts else [])
+    runs = run_all(names, args)
     med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
-    ratios = {
-        "sft_tokens_per_s": med["sft_ours"]["tokens_per_s"] / med["sft_trl"]["tokens_per_s"],
-        "dpo_steps_per_s": med["dpo_ours"]["steps_per_s"] / med["dpo_trl"]["steps_per_s"],
-        "dpo_onthefly_steps_per_s": med["dpo_ours_onthefly"]["steps_per_s"] / med["dpo_trl"]["steps_per_s"],
-        "memory_lora_over_full_training": med["mem_lora"]["training_mb"] / med["mem_full"]["training_mb"],
-        "memory_lora_over_full_peak_rss": med["mem_lora"]["peak_rss_mb"] / med["mem_full"]["peak_rss_mb"],
-        "memory_ckpt_lora_over_full_training": med["mem_lora_ckpt"]["training_mb"]
-        / med["mem_full_ckpt"]["training_mb"],
-        "memory_ckpt_lora_over_full_peak_rss": med["mem_lora_ckpt"]["peak_rss_mb"]
-        / med["mem_full_ckpt"]["peak_rss_mb"],
-    }
     import peft
     import torch
     import transformers
     import trl
 
-    result = {"settings": {"lora": LORA, "sft": {"batch": bench_sft.BATCH, "max_length": bench_sft.MAX_LEN,
-                                                 "rows": args.rows, "steps": args.sft_steps},
-                           "dpo": {"batch": bench_pref.BATCH, "max_length": bench_pref.MAX_LEN, "pairs": args.pairs,
-                                   "steps": args.dpo_steps},
-                           "memory": {"model": "base rung (init-model shape), vocab 4096", "steps": MEM_STEPS,
-                                      "batch": bench_pref.BATCH, "MALLOC_MMAP_THRESHOLD_": 65536},
-                           "warmup": args.warmup, "repeats": args.repeats, "threads": args.threads,
-                           "cpus": os.cpu_count(), "load_average": os.getloadavg(), "torch": torch.__version__,
-                           "transformers": transformers.__version__, "trl": trl.__version__,
-                           "peft": peft.__version__},
-              "results": med, "runs": runs, "ratios": ratios, "wall_s": time.time() - t0}
-    out = Path(args.out)
+    env = {"threads": args.threads, "cpus": os.cpu_count(), "load_average": os.getloadavg(),
+           "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+           "peft": peft.__version__}
+    result = json.loads(out.read_text()) if out.is_file() and set(args.parts) != {"speed", "memory"} else {}
+    result.setdefault("settings", {})["lora"] = LORA
+    for part, keep in (("speed", SPEED), ("memory", MEMORY)):
+        if part not in args.parts:  # kept from the previous run: its entries only
+            for key in ("results", "runs"):
+                result[key] = {k: v for k, v in result.get(key, {}).items() if k in keep}
+    result.setdefault("results", {}).update(med)
+    result.setdefault("runs", {}).update(runs)
+    if "speed" in args.parts:
+        result["settings"].update(sft={"batch": bench_sft.BATCH, "max_length": bench_sft.MAX_LEN, "rows": args.rows,
+                                       "steps": args.sft_steps},
+                                  dpo={"batch": bench_pref.BATCH, "max_length": bench_pref.MAX_LEN,
+                                       "pairs": args.pairs, "steps": args.dpo_steps},
+                                  warmup=args.warmup, repeats=args.repeats, **env)
+    if "memory" in args.parts:
+        result["settings"]["memory"] = {"model": "base rung (init-model shape), vocab 4096", "steps": MEM_STEPS,
+                                        "batch": bench_pref.BATCH, "MALLOC_MMAP_THRESHOLD_": 65536, **env}
+    m = result["results"]
+    result["ratios"] = {**speed_ratios(m), **memory_ratios(m)}
+    result["wall_s"] = time.time() - t0
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    m = med
-    print("| what | baseline | flanmix | ratio (goal) |\n|---|---:|---:|---:|")
-    print(f"| LoRA SFT, tiny, batch 8 | TRL SFTTrainer + PEFT: {m['sft_trl']['tokens_per_s']:,.0f} tok/s, "
-          f"{m['sft_trl']['peak_rss_mb']:,.0f} MB | {m['sft_ours']['tokens_per_s']:,.0f} tok/s, "
-          f"{m['sft_ours']['peak_rss_mb']:,.0f} MB | **{ratios['sft_tokens_per_s']:.2f}×** (≥ 2×) |")
-    print(f"| LoRA DPO, tiny, batch 8 | TRL DPOTrainer + PEFT: {m['dpo_trl']['steps_per_s']:.2f} steps/s, "
-          f"{m['dpo_trl']['peak_rss_mb']:,.0f} MB | {m['dpo_ours']['steps_per_s']:.2f} steps/s, "
-          f"{m['dpo_ours']['peak_rss_mb']:,.0f} MB | **{ratios['dpo_steps_per_s']:.2f}×** (≥ 2×) |")
-    print(f"| LoRA DPO, reference on every step | same | {m['dpo_ours_onthefly']['steps_per_s']:.2f} steps/s | "
-          f"{ratios['dpo_onthefly_steps_per_s']:.2f}× |")
-    for suffix, what in (("", ""), ("_ckpt", ", activation checkpointing")):
-        full, lora = m[f"mem_full{suffix}"], m[f"mem_lora{suffix}"]
-        print(f"| DPO memory, base rung ({full['params'] / 1e6:.1f}M){what} | full DPO: "
-              f"{full['training_mb']:,.0f} MB training, {full['peak_rss_mb']:,.0f} MB peak RSS | "
-              f"LoRA: {lora['training_mb']:,.0f} MB, {lora['peak_rss_mb']:,.0f} MB | "
-              f"**{ratios[f'memory{suffix}_lora_over_full_training']:.2f}×** training memory "
-              f"({ratios[f'memory{suffix}_lora_over_full_peak_rss']:.2f}× peak RSS) (≤ 0.6) |")
+    print_table(m, result["ratios"])
     print(f"\nwrote {out} ({time.time() - t0:.0f} s)")
 
 

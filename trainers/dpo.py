@@ -41,15 +41,18 @@ def batch_dpo_loss(model, batch: dict, beta: float, loss_type: str = "sigmoid",
     """DPO on a collated preference batch: one policy forward over all sequences; the reference comes from
     ``batch['ref_logps']`` (precomputed) or from `ref_model` (a frozen copy). `nll_weight` adds RPO's NLL term on
     the chosen responses (`trainers.losses.dpo`)."""
-    logps = batch_sequence_logprobs(model, batch)
     if "ref_logps" in batch and ref_model is None:
-        ref = batch["ref_logps"].to(logps.device, logps.dtype)
+        ref = batch["ref_logps"]
     elif ref_model is not None:
+        # before the policy's forward: the reference pass's transient memory is gone before the policy's
+        # activations (kept for the backward) build up, instead of stacking on top of them
         with torch.no_grad():
             ref = batch_sequence_logprobs(ref_model, batch)
     else:
         raise FlanmixError("DPO needs reference log-probs: a reference model or precomputed log-probs",
                            field="reference")
+    logps = batch_sequence_logprobs(model, batch)
+    ref = ref.to(logps.device, logps.dtype)
     c, r = batch["pair_chosen"], batch["pair_rejected"]
     lengths = completion_lengths(batch)[c] if nll_weight else None
     return dpo_loss(logps[c], logps[r], ref[c], ref[r], beta, loss_type, nll_weight=nll_weight,

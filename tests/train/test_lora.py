@@ -230,3 +230,18 @@ def test_lora_sft_and_lora_dpo_learn(tmp_path, tiny_model_dir, sft_data, prefs):
     print(f"LoRA DPO held-out preference accuracy {before:.3f} -> {after:.3f}")
     assert steps[0]["loss"] == pytest.approx(0.6931, abs=1e-4)  # adapter starts at zero: policy == reference
     assert steps[-1]["loss"] < steps[0]["loss"] and after > before + 0.2
+
+
+def test_qlora_gpu_bench_refuses_in_one_line_without_a_gpu(repo_root):
+    # bench/bench_qlora_gpu.py is run on a lent GPU; everywhere else it must say why it cannot, in one line
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, str(repo_root / "bench" / "bench_qlora_gpu.py"), "--sft-steps", "1"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(err) == 1, proc.stderr
+    assert err[0].startswith("bench_qlora_gpu: needs a CUDA GPU"), err
+    assert not proc.stdout.strip()
