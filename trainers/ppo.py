@@ -39,7 +39,7 @@ from trainers import loop
 from trainers.adapters import backbone, frozen_base, has_adapter, wrap
 from trainers.config import AdapterField, LoopSettings, parse_config, write_run_info
 from trainers.data import adds_bos, prompt_ids, response_ids
-from trainers.logprobs import entropy_from_logits, gather_logprobs, masked_mean, masked_whiten
+from trainers.logprobs import entropy_from_logits, gather_logprobs, masked_mean, masked_whiten, output_logits
 from trainers.losses.ppo import compute_gae, kl_shaped_rewards, policy_loss, value_loss
 from trainers.models import check_same_tokenizer, load_tokenizer, require_decoder_only
 from trainers.policy import load_policy
@@ -99,7 +99,7 @@ def action_logprobs(actor, input_ids, attention_mask, action_mask, with_entropy:
     hidden = backbone(actor)(input_ids=input_ids, attention_mask=attention_mask,
                              position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
     sel = action_mask.bool()
-    logits = actor.get_output_embeddings()(hidden[:, :-1][sel])
+    logits = output_logits(actor, hidden[:, :-1][sel])  # the head plus any soft-capping / logit scale the model has
     lp = gather_logprobs(logits, input_ids[:, 1:][sel])
     out = torch.zeros(action_mask.shape, dtype=lp.dtype, device=lp.device)
     out = out.index_put((sel.nonzero(as_tuple=True)), lp)

@@ -191,3 +191,21 @@ def test_lora_dpo_grads_only_on_the_adapter_and_checkpointing_changes_nothing(ti
     assert grads[0].keys() == grads[1].keys()
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_ppo_action_logprobs_use_the_models_own_logits():
+    """PPO scores its sampled actions with the same logits generation sampled them from: Gemma 2's soft-capping
+    included (the head alone would give different log-probs)."""
+    from trainers.ppo import action_logprobs
+
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(Gemma2Config(**SMALL, final_logit_softcapping=0.05)).eval()
+    ids = torch.randint(3, 97, (2, 9))
+    attn = torch.ones_like(ids)
+    mask = torch.zeros(2, 8)
+    mask[:, 4:] = 1
+    with torch.no_grad():
+        ours = action_logprobs(model, ids, attn, mask)
+        full = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[:, :-1].float(), -1)
+        expected = full.gather(-1, ids[:, 1:, None]).squeeze(-1) * mask
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
