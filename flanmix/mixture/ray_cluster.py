@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 
 from flanmix.core.errors import FlanmixError
@@ -19,6 +20,13 @@ from flanmix.core.errors import FlanmixError
 ENGINES = ("local", "ray")
 CONNECT_TIMEOUT_S = 5.0  # a TCP probe of the head before `ray.init`, which retries an unreachable address for minutes
 DEFAULT_PORTS = {"ray": 10001, "": 6379}  # Ray Client (ray://) and the head's GCS
+# The driver's environment variables that change what a worker reads or renders, passed on to every Ray worker: a
+# worker on another node starts with that node's environment, not the driver's. Folder lists are made absolute.
+# Those in IMPORT_TIME_ENVS are read when flanmix is imported (the template sandbox), so they must be in the worker's
+# environment from its start (Ray's runtime environment); the others are read when used.
+FORWARDED_PATH_ENVS = ("FLANMIX_HUB_MIRROR", "FLANMIX_ALLOW_PATHS")
+IMPORT_TIME_ENVS = ("FLANMIX_TEMPLATE_MAX_CHARS", "FLANMIX_TEMPLATE_MAX_SECONDS")
+FORWARDED_ENVS = (*FORWARDED_PATH_ENVS, *IMPORT_TIME_ENVS, "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 def check_engine(engine: str, address: str | None) -> None:
@@ -71,13 +79,40 @@ def ray_session(address: str | None = None) -> Iterator[ModuleType]:
     try:
         ray.init(logging_level=logging.WARNING, **options)
     except (ConnectionError, TimeoutError) as err:
+        # Ray turns token authentication on for the clusters it starts, but a driver given an explicit address
+        # sends its token only when told to: the usual reason a reachable head refuses us.
+        auth = ("" if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else
+                "; a cluster with token authentication (Ray's default) also needs RAY_AUTH_MODE=token and its token "
+                "(RAY_AUTH_TOKEN, or ~/.ray/auth_token as on the head)")
         raise FlanmixError(f"cannot connect to a Ray cluster at {address}: {str(err).splitlines()[0]}",
                            field="--address", expected="a running cluster (`ray start --head`), or no --address "
-                           "for a local one") from None
+                           f"for a local one{auth}") from None
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def forwarded_env() -> dict[str, str]:
+    """The driver's `FORWARDED_ENVS` that are set, folder lists made absolute."""
+    env = {}
+    for name in FORWARDED_ENVS:
+        value = os.environ.get(name)
+        if value is not None and name in FORWARDED_PATH_ENVS:
+            value = os.pathsep.join(str(Path(p).resolve()) for p in value.split(os.pathsep) if p)
+        if value is not None:
+            env[name] = value
+    return env
+
+
+def worker_env_options(env: dict[str, str], only: tuple[str, ...] = FORWARDED_ENVS) -> dict:
+    """Ray `.options(...)` that start a worker with the variables of `env` named in `only`, through the runtime
+    environment's `env_vars` (Ray installs nothing for them); `{}` when there are none. A worker with a runtime
+    environment of its own cannot be one of the idle workers Ray keeps started, so this costs a process start
+    (0.7-2.7 s per demo build here, docs/scale-out.md): builds pass the variables read at use in their workers'
+    arguments instead, and use this only for `IMPORT_TIME_ENVS`."""
+    chosen = {name: value for name, value in env.items() if name in only}
+    return {"runtime_env": {"env_vars": chosen}} if chosen else {}
 
 
 def cluster_resources(ray: ModuleType) -> dict[str, float]:

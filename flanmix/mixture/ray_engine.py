@@ -9,7 +9,11 @@ worker renders plan chunk `index` with the same `ShardRenderer` a local build us
 file, and returns the file's bytes with its dedup keys and statistics through Ray's object store. The driver writes
 the bytes into its temporary output folder, in shard order, drops duplicates across shards and writes the manifest
 exactly as a local build does, then renames the folder into place. So the outputs need no shared storage; the
-inputs must be at the same paths on every node.
+inputs must be at the same paths on every node. The driver's hub mirror, allowed paths and offline switches travel
+in the workers' recipe (`flanmix.mixture.ray_cluster.forwarded_env`), so a node's own environment does not decide.
+
+The driver renders shards too, on a CPU of the cluster left to it (it has loaded the mixture to plan it; see
+`RayEngine._in_order`): starting a worker costs seconds, which a one-shard build could never hide.
 
 A worker process that dies (killed, OOM, node lost) is restarted by Ray, which re-runs the shard it was rendering
 (`RETRIES` times); a shard's bytes depend only on the plan, so a retried shard is the same shard. Errors in the data
@@ -37,7 +41,12 @@ from flanmix.core.yamlio import YamlDoc
 from flanmix.mixture.decontaminate import eval_grams
 from flanmix.mixture.manifest import input_hashes
 from flanmix.mixture.plan import part_range
-from flanmix.mixture.ray_cluster import cluster_resources
+from flanmix.mixture.ray_cluster import (
+    IMPORT_TIME_ENVS,
+    cluster_resources,
+    forwarded_env,
+    worker_env_options,
+)
 from flanmix.mixture.render import ShardRenderer
 from flanmix.mixture.resolve import Resolved, resolve
 from flanmix.mixture.spec import MixtureSpec, load_spec
@@ -45,18 +54,20 @@ from flanmix.registry import ENV_VAR, Registry
 from flanmix.writer import shard_name
 
 RETRIES = 3  # restarts of a dead worker, and re-runs of the shard it was rendering
+DRIVER_RENDERS_ENV = "FLANMIX_RAY_DRIVER_RENDERS"  # "0": the driver never renders shards itself
 
 
 @dataclass(frozen=True)
 class WorkerRecipe:
     """What a worker needs to load the mixture's tasks itself: the spec (or the file it came from, read again so
-    its hash is checked too), where its relative paths start, and the registry folders (absolute; the bundled
-    registry is the worker's own)."""
+    its hash is checked too), where its relative paths start, the registry folders (absolute; the bundled
+    registry is the worker's own), and the driver's environment variables that loading reads."""
 
     spec: MixtureSpec
     spec_file: Path | None
     base_dir: Path
     registry_roots: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()  # the driver's variables a worker reads when loading (`forwarded_env`)
 
     def load(self) -> tuple[Resolved, set[int] | None]:
         """The mixture resolved on this node, as the driver resolved it, and its decontamination n-grams (hashed
@@ -88,6 +99,7 @@ class ShardWorker:
         self.fingerprint = ""
         self.job_key: str | None = None
         self.job: dict[str, Any] = {}
+        os.environ.update(recipe.env)  # this process is the actor's own, and ends with it
         try:
             resolved, self.grams = recipe.load()
             self.fingerprint = fingerprint(resolved, self.grams)  # loads every leaf's rows
@@ -102,6 +114,10 @@ class ShardWorker:
         # does while rendering). This process is the actor's own and ends with it.
         gc.collect()
         gc.freeze()
+
+    def ready(self) -> bool:
+        """Answers once the constructor has run (the mixture is loaded, or its error kept)."""
+        return True
 
     def render(self, index: int, job: list) -> dict:
         """Render shard `index` of the job in `job[0]` (an ObjectRef, passed in a list so that Ray hands it over
@@ -134,9 +150,13 @@ class RayEngine:
 
     name = "ray"
 
-    def __init__(self, ray: ModuleType) -> None:
+    def __init__(self, ray: ModuleType, driver_renders: bool | None = None) -> None:
         self.ray = ray
         self.actors: list = []
+        self.starting: dict[Any, Any] = {}  # `ready()` reference -> actor, for actors still loading the mixture
+        if driver_renders is None:
+            driver_renders = os.environ.get(DRIVER_RENDERS_ENV, "1") != "0"
+        self.driver_renders = driver_renders
 
     def prepare(self, *, spec: MixtureSpec, doc: YamlDoc | None, base_dir: Path, registry: Registry | None,
                 registry_dirs: Iterable[str], rows_per_shard: int, part: tuple[int, int]) -> None:
@@ -147,15 +167,22 @@ class RayEngine:
         cpus = int(cluster_resources(self.ray)["CPU"])
         if cpus < 1:
             raise FlanmixError("the Ray cluster has no CPUs", field="--address", expected="a cluster with CPU nodes")
-        count = cpus
+        # The driver renders shards too (it has loaded the mixture to plan it, so it needs no start-up): one CPU
+        # of the cluster is left to it, unless told not to or the cluster has only one.
+        self.driver_renders = self.driver_renders and cpus > 1
+        count = cpus - 1 if self.driver_renders else cpus
         if spec.size is not None and spec.size.examples is not None:  # the number of shards is known already
             num_files = max(1, -(-spec.size.examples // rows_per_shard))
-            count = min(cpus, max(1, len(part_range(num_files, *part))))
+            count = min(count, max(1, len(part_range(num_files, *part))))
         roots = _env_registry_dirs() + [str(Path(p).resolve()) for p in registry_dirs]
-        recipe = WorkerRecipe(spec, doc.path.resolve() if doc else None, Path(base_dir).resolve(), tuple(roots))
+        env = forwarded_env()
+        recipe = WorkerRecipe(spec, doc.path.resolve() if doc else None, Path(base_dir).resolve(), tuple(roots),
+                              tuple(sorted(env.items())))
         worker = self.ray.remote(ShardWorker).options(num_cpus=1, max_restarts=RETRIES, max_task_retries=RETRIES,
-                                                      scheduling_strategy="SPREAD")
+                                                      scheduling_strategy="SPREAD",
+                                                      **worker_env_options(env, IMPORT_TIME_ENVS))
         self.actors = [worker.remote(recipe) for _ in range(count)]
+        self.starting = {actor.ready.remote(): actor for actor in self.actors}
 
     def render(self, resolved: Resolved, renderer: ShardRenderer, indices: list[int],
                consume: Callable[[Iterable[dict]], None]) -> None:
@@ -169,28 +196,57 @@ class RayEngine:
         shipped = {f.name: getattr(renderer, f.name) for f in fields(renderer)
                    if f.name not in ("leaves", "grams", "out")}
         job = [self.ray.put({"settings": shipped, "fingerprint": fingerprint(resolved, renderer.grams)})]
+        if self.driver_renders:
+            pa.array(["warm-up"], type=pa.string())  # pyarrow's first string conversion probes for pandas
         consume(self._in_order(renderer, indices, job))
 
     def _in_order(self, renderer: ShardRenderer, indices: list[int], job: list) -> Iterator[dict]:
-        """Results in index order, with at most two shards per worker rendered ahead of the one awaited (so the
-        object store and the driver hold a bounded number of shard files)."""
+        """Results in index order. Shards go to workers that have loaded the mixture, at most two per worker ahead
+        of the one awaited (so the object store and the driver hold a bounded number of shard files); free workers
+        get their next shard before the driver hands a result on (writing it, dropping duplicates across shards).
+
+        The driver renders shards itself whenever it would otherwise wait, with the same renderer: it has loaded
+        the mixture already, so it starts at once where a worker's new process takes seconds to load it - a small
+        build is done before a worker would be ready. `FLANMIX_RAY_DRIVER_RENDERS=0` keeps every shard on the
+        workers (a driver on a small login node)."""
         todo = list(reversed(indices))
-        free = list(self.actors)
+        starting = dict(self.starting)
+        free: list = []
         running: dict[Any, tuple[int, Any]] = {}
         ready: dict[int, dict] = {}
         window = 2 * len(self.actors)
-        for index in indices:
-            while index not in ready:
-                while free and todo and len(running) + len(ready) < window:
-                    shard, actor = todo.pop(), free.pop()
-                    running[actor.render.remote(shard, job)] = (shard, actor)
-                done, _ = self.ray.wait(list(running), num_returns=1)
-                for ref in done:
+
+        def submit() -> None:
+            while free and todo and len(running) + len(ready) < window:
+                shard, actor = todo.pop(), free.pop()
+                running[actor.render.remote(shard, job)] = (shard, actor)
+
+        def settle(done: list) -> None:
+            for ref in done:
+                if ref in starting:
+                    free.append(starting.pop(ref))
+                else:
                     shard, actor = running.pop(ref)
                     free.append(actor)
                     ready[shard] = self._fetch(ref, shard)
+            submit()
+
+        for index in indices:
+            submit()
+            while index not in ready:
+                pending = list(running) + list(starting)
+                if self.driver_renders and todo and len(ready) < window:
+                    settle(self.ray.wait(pending, num_returns=len(pending), timeout=0)[0] if pending else [])
+                    if todo and index not in ready:
+                        shard = todo.pop()
+                        ready[shard] = renderer.render_shard(shard)  # writes its file into renderer.out itself
+                else:
+                    settle(self.ray.wait(pending, num_returns=1)[0])
             result = ready.pop(index)
-            (renderer.out / shard_name(index, renderer.fmt)).write_bytes(result.pop("data"))
+            submit()
+            data = result.pop("data", None)
+            if data is not None:  # rendered on a worker: its bytes came back through the object store
+                (renderer.out / shard_name(index, renderer.fmt)).write_bytes(data)
             yield result
 
     def _fetch(self, ref: Any, index: int) -> dict:

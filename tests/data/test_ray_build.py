@@ -18,6 +18,7 @@ import pytest
 
 from flanmix.core.errors import FlanmixError
 from flanmix.mixture import build
+from flanmix.mixture.ray_cluster import FORWARDED_ENVS, IMPORT_TIME_ENVS, forwarded_env, worker_env_options
 from helpers import write_task
 
 pytest.importorskip("ray")
@@ -59,7 +60,9 @@ def _same_build(a: Path, b: Path) -> None:
     assert ma == mb
 
 
-def test_ray_build_is_byte_identical_to_local(ray_cluster, registry_dir, tmp_path):
+@pytest.mark.parametrize("driver_renders", ["1", "0"])  # the driver renders while workers start / never
+def test_ray_build_is_byte_identical_to_local(ray_cluster, registry_dir, tmp_path, monkeypatch, driver_renders):
+    monkeypatch.setenv("FLANMIX_RAY_DRIVER_RENDERS", driver_renders)
     # decontamination n-grams (here: t4's validation rows' words) travel to the workers with the plan
     spec = dict(SPEC, decontaminate={"tasks": ["t4"], "ngram": 3})
     local = _build(registry_dir, tmp_path / "local", spec=spec, messages=True)
@@ -71,6 +74,10 @@ def test_ray_build_is_byte_identical_to_local(ray_cluster, registry_dir, tmp_pat
     for engine in ("local", "ray"):
         _build(registry_dir, tmp_path / f"part-{engine}", fmt="jsonl", num_shards=3, shard_index=1, engine=engine)
     _same_build(tmp_path / "part-local", tmp_path / "part-ray")
+    # one shard on a 2-CPU cluster: one worker starts, and the driver renders while it loads
+    for engine in ("local", "ray"):
+        _build(registry_dir, tmp_path / f"one-{engine}", rows_per_shard=5000, engine=engine)
+    _same_build(tmp_path / "one-local", tmp_path / "one-ray")
     assert not list(tmp_path.glob("*.tmp-*"))
 
 
@@ -89,8 +96,45 @@ def _kill_first_renderer(stop: threading.Event, killed: list[int]) -> None:
         time.sleep(0.005)
 
 
+def test_the_driver_passes_its_hub_mirror_and_template_limits_to_workers(ray_cluster, monkeypatch, tmp_path):
+    """A worker on another node does not have the driver's environment: `bool_q` reads its rows from the hub mirror
+    named only in the driver's FLANMIX_HUB_MIRROR (set after the cluster started, and relative to the driver's
+    folder), so the workers see it only if it is forwarded; and a template limit the driver sets (read when a worker
+    imports flanmix) fails the build on Ray as it does locally."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    monkeypatch.setenv("FLANMIX_HUB_MIRROR", "fixtures/hub")
+    monkeypatch.setenv("FLANMIX_ALLOW_PATHS", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    env = forwarded_env()
+    assert env["FLANMIX_HUB_MIRROR"] == str(Path("fixtures/hub").resolve()) and env["HF_HUB_OFFLINE"] == "1"
+    assert env["FLANMIX_ALLOW_PATHS"] == str(tmp_path.resolve())
+    assert worker_env_options(env, IMPORT_TIME_ENVS) == {}  # read at use: they travel with the worker's recipe
+    spec = {"seed": 1, "size": {"examples": 30}, "replacement": True, "components": [{"task": "bool_q"}]}
+    for engine in ("local", "ray"):
+        build(spec, tmp_path / engine, engine=engine, progress=False)
+    _same_build(tmp_path / "local", tmp_path / "ray")
+    monkeypatch.setenv("FLANMIX_TEMPLATE_MAX_CHARS", "5")
+    assert worker_env_options(forwarded_env(), IMPORT_TIME_ENVS) == {
+        "runtime_env": {"env_vars": {"FLANMIX_TEMPLATE_MAX_CHARS": "5"}}}
+    errors = []
+    for engine in ("local", "ray"):
+        code = (f"from flanmix.mixture import build\n"
+                f"build({spec!r}, {str(tmp_path / ('limit-' + engine))!r}, engine={engine!r}, progress=False)\n")
+        if engine == "ray":  # the template limits are read on import: a fresh process of the test's cluster
+            code = f"import ray\nray.init(address={ray_cluster.get_runtime_context().gcs_address!r})\n" + code
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert proc.returncode != 0
+        errors.append([line for line in proc.stderr.splitlines() if line.startswith("flanmix.core.errors.")][-1])
+    assert "of 5 (expected smaller values (or raise FLANMIX_TEMPLATE_MAX_CHARS))" in errors[0]
+    assert errors[1] == errors[0], errors
+    for name in FORWARDED_ENVS:
+        monkeypatch.delenv(name, raising=False)
+    assert forwarded_env() == {}
+
+
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the worker process through /proc")
-def test_a_killed_worker_is_retried_and_the_build_is_unchanged(ray_cluster, registry_dir, tmp_path):
+def test_a_killed_worker_is_retried_and_the_build_is_unchanged(ray_cluster, registry_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("FLANMIX_RAY_DRIVER_RENDERS", "0")  # every shard on a worker, so there is one to kill
     spec = dict(SPEC, size={"examples": 6000})
     _build(registry_dir, tmp_path / "local", spec=spec, rows_per_shard=750)
     stop, killed = threading.Event(), []
@@ -105,7 +149,8 @@ def test_a_killed_worker_is_retried_and_the_build_is_unchanged(ray_cluster, regi
     _same_build(tmp_path / "local", tmp_path / "ray")
 
 
-def test_errors_on_workers_are_one_line_and_leave_nothing(ray_cluster, registry_dir, tmp_path):
+def test_errors_on_workers_are_one_line_and_leave_nothing(ray_cluster, registry_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("FLANMIX_RAY_DRIVER_RENDERS", "0")  # the error must come from a worker, not the driver
     bad = tmp_path / "bad-reg"
     bad.mkdir()
     write_task(bad, "broken", "gamma", 50, generator="arithmetic.add")
@@ -156,6 +201,32 @@ def test_unreachable_address_fails_fast_from_the_cli(tmp_path):
     assert time.perf_counter() - start < 30 and not (tmp_path / "out").exists()
 
 
+def test_a_refused_connection_names_token_authentication(monkeypatch):
+    """What `ray.init` raises when a reachable head refuses the driver (Ray starts clusters with token authentication
+    on, and sends the token to an explicit address only with RAY_AUTH_MODE=token): the fix is in the message."""
+    import ray
+
+    from flanmix.mixture import ray_cluster
+
+    def refused(**_):
+        raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.5:6379\n(more)")
+
+    monkeypatch.setattr(ray_cluster, "check_reachable", lambda address: None)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refused)
+    for mode, hint in ((None, True), ("token", False)):
+        if mode:
+            monkeypatch.setenv("RAY_AUTH_MODE", mode)
+        else:
+            monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+        with pytest.raises(FlanmixError) as err:
+            with ray_cluster.ray_session("10.0.0.5:6379"):
+                pass
+        message = str(err.value)
+        assert "\n" not in message and "cannot connect to a Ray cluster at 10.0.0.5:6379" in message
+        assert ("RAY_AUTH_MODE=token" in message) is hint
+
+
 def test_local_builds_never_import_ray(registry_dir, tmp_path):
     code = (f"import sys, flanmix, flanmix.cli, flanmix.mixture\n"
             f"from flanmix.mixture import build\n"
@@ -164,3 +235,67 @@ def test_local_builds_never_import_ray(registry_dir, tmp_path):
             f"assert 'ray' not in sys.modules, 'ray imported'\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+class _FakeRay:
+    """Just enough of `ray` for `RayEngine._in_order`: a worker that becomes ready after `ready_after` polls, and
+    shard tasks that finish at once."""
+
+    class exceptions:  # noqa: N801 - mirrors `ray.exceptions`
+        RayTaskError = RayError = RuntimeError
+
+    def __init__(self, ready_after: int | None) -> None:
+        self.polls, self.ready_after = 0, ready_after
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        started = self.ready_after is not None and self.polls >= self.ready_after
+        done = [r for r in refs if r != "ready" or started]
+        if timeout == 0:
+            self.polls += 1
+            return done, [r for r in refs if r not in done]
+        assert done, "the driver blocked on a worker that never starts"
+        return done[:num_returns], [r for r in refs if r not in done[:num_returns]]
+
+    def get(self, ref):
+        return {"index": ref[1], "data": f"worker {ref[1]}".encode()}
+
+
+class _FakeActor:
+    class render:  # noqa: N801 - `actor.render.remote(...)`
+        @staticmethod
+        def remote(shard, job):
+            return ("shard", shard)
+
+
+class _FakeRenderer:
+    fmt = "jsonl"
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.rendered = out, []
+
+    def render_shard(self, index: int) -> dict:
+        self.rendered.append(index)
+        from flanmix.writer import shard_name
+
+        (self.out / shard_name(index, self.fmt)).write_text(f"driver {index}")
+        return {"index": index}
+
+
+@pytest.mark.parametrize("ready_after", [None, 1])
+def test_the_driver_renders_while_no_worker_is_ready(tmp_path, ready_after):
+    """The driver renders a shard whenever it would otherwise wait (first while the worker loads the mixture);
+    results come in shard order, each file written once, by whoever rendered it."""
+    from flanmix.mixture.ray_engine import RayEngine
+    from flanmix.writer import shard_name
+
+    engine = RayEngine(_FakeRay(ready_after), driver_renders=True)
+    engine.actors = [_FakeActor()]
+    engine.starting = {"ready": engine.actors[0]}
+    renderer = _FakeRenderer(tmp_path)
+    results = list(engine._in_order(renderer, [0, 1, 2], [None]))
+    assert [r["index"] for r in results] == [0, 1, 2]
+    texts = [(tmp_path / shard_name(i, "jsonl")).read_text() for i in range(3)]
+    if ready_after is None:  # no worker ever ready: the driver renders everything and never blocks
+        assert renderer.rendered == [0, 1, 2] and texts == ["driver 0", "driver 1", "driver 2"]
+    else:  # ready after the driver's first shard: the worker takes the next, the driver the one after
+        assert renderer.rendered == [0, 2] and texts == ["driver 0", "worker 1", "driver 2"]

@@ -103,6 +103,22 @@ def test_cells_run_as_ray_tasks_with_their_resources_failures_kills_and_resume(r
     assert "Failed cells" not in (out / "results.md").read_text() and len(res["rows"]) == 4
 
 
+def test_cells_get_the_drivers_hub_mirror_and_allowed_paths(ray_cluster, tmp_path, monkeypatch):
+    """Set after the cluster started, so only forwarding (the tasks' runtime environment) brings them to a cell."""
+    monkeypatch.setenv("FLANMIX_HUB_MIRROR", str(tmp_path / "mirror"))
+    monkeypatch.setenv("FLANMIX_ALLOW_PATHS", str(tmp_path))
+
+    def runner(cell, ctx):
+        import os
+
+        return {"heldout_score": 0.0, "steps": 0, "train_tokens": 0,
+                "env": [os.environ.get("FLANMIX_HUB_MIRROR"), os.environ.get("FLANMIX_ALLOW_PATHS")]}
+
+    res = ablation.run(write_spec(tmp_path / "a.yaml", task_counts=[1]), tmp_path / "out", runner=runner,
+                       engine="ray", log=lambda m: None)
+    assert [row["env"] for row in res["rows"]] == [[str(tmp_path / "mirror"), str(tmp_path)]]
+
+
 def test_gpus_the_cluster_lacks_are_refused_before_anything_runs(ray_cluster, tmp_path, capsys):
     from flanmix.cli import main
 

@@ -2,10 +2,11 @@
 
 The driver plans the grid, prepares the models and checks the budgets as for a local run; then each remaining cell
 is submitted as one task asking for its `resources` (`num_cpus`, `num_gpus`, per model when bigger rungs need
-more), and Ray starts it wherever those are free. A task rebuilds the plan from the spec (as a `--jobs` worker
-does), runs the cell with the project's own loop in its cell folder, and returns the metrics; the driver writes
-`result.json` atomically as results arrive and keeps the tables current. So the run folder (and the registry, data
-and model folders) must be on storage every node sees.
+more), and Ray starts it wherever those are free, with the driver's hub mirror, allowed paths and offline switches
+(`flanmix.mixture.ray_cluster.FORWARDED_ENVS`) in its environment. A task rebuilds the plan from the spec (as a
+`--jobs` worker does), runs the cell with the project's own loop in its cell folder, and returns the metrics; the
+driver writes `result.json` atomically as results arrive and keeps the tables current. So the run folder (and the
+registry, data and model folders) must be on storage every node sees.
 
 A worker process that dies (killed, OOM, node lost) is restarted and its cell rerun by Ray (`RETRIES` times); a
 rerun cell resumes its SFT from the cell's checkpoints. A cell that raises is not retried: its error goes into
@@ -25,7 +26,7 @@ from types import ModuleType
 from typing import Any
 
 from flanmix.core.errors import FlanmixError
-from flanmix.mixture.ray_cluster import check_engine, ray_session
+from flanmix.mixture.ray_cluster import check_engine, forwarded_env, ray_session, worker_env_options
 from flanmix.study.ablation.cell import Context, run_cell
 from flanmix.study.ablation.grid import Cell, Plan, start_cell_dir, write_record
 from flanmix.study.ablation.report import FAILED
@@ -107,6 +108,7 @@ def run_on_ray(ray: ModuleType, plan: Plan, todo: list[Cell], worker: Any, model
                finish: Finish, *, threads: int | None, runner: Callable | None, log: Log) -> list[str]:
     """Run `todo` as Ray tasks, recording each result with `finish` as it arrives; returns the failed cell ids."""
     task = ray.remote(run_cell_task)
+    env_options = worker_env_options(forwarded_env())  # a process start is nothing against a cell's minutes
     pending: dict[Any, Cell] = {}
     for cell in todo:
         start_cell_dir(plan, cell)
@@ -115,7 +117,7 @@ def run_on_ray(ray: ModuleType, plan: Plan, todo: list[Cell], worker: Any, model
         asked = plan.spec.resources.of(cell.model)
         model_dir = model_dirs.get((cell.model, cell.seed))
         options = {"num_cpus": asked.num_cpus, "num_gpus": asked.num_gpus, "max_retries": RETRIES,
-                   "name": f"ablate:{cell.id}"}
+                   "name": f"ablate:{cell.id}", **env_options}
         ref = task.options(**options).remote(worker, cell.id, str(model_dir) if model_dir else None,
                                              needs.get(cell.id), threads or max(1, int(asked.num_cpus)), runner)
         pending[ref] = cell
