@@ -41,8 +41,10 @@ def proportions(manifest: dict) -> dict[str, list[dict[str, Any]]]:
 def top_level(manifest: dict) -> list[dict[str, Any]]:
     """Per top-level component of the mixture (e.g. Flan 2022's submixes; a wrapper around one mixture is looked
     through): its target and realized share of the rows, and its template-type split as targeted (after the
-    fallbacks: no options, no few-shot templates), as planned, and as realized (FLAN drops few-shot rows left
-    without exemplars). A task in several components has its rows attributed in proportion to their target rates."""
+    fallbacks: no options, no few-shot templates), as planned, and as realized (a FLAN few-shot row left without
+    exemplars is replaced by another example's row of the same type, or finally dropped: `size.fewshot_dropped`;
+    dedup and decontamination also remove rows). A task in several components has its rows attributed in
+    proportion to their target rates."""
     node = manifest["tree"]
     while len(node["components"]) == 1 and isinstance(node["components"][0].get("mixture"), dict):
         node = node["components"][0]["mixture"]  # a wrapper around one mixture (e.g. a size override): look inside
@@ -103,8 +105,10 @@ def format_report(stats: dict, limit: int = 40) -> str:
     """A plain-text report of `mixture_stats`."""
     out = []
     size = stats["rows"]
+    fewshot = "".join(f", few-shot {what} {size[key]}" for key, what in
+                      (("fewshot_replaced", "replaced"), ("fewshot_dropped", "dropped")) if size.get(key))
     out.append(f"rows: {size['rows']} (planned {size['planned']}, dedup dropped {size['dedup_dropped']}, "
-               f"decontaminated {size['decontaminated']})")
+               f"decontaminated {size['decontaminated']}{fewshot})")
     for kind in ("component", "template_type", "task"):
         items = stats["proportions"][kind]
         width = max([len(kind)] + [len(i["name"]) for i in items])

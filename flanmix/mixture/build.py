@@ -141,7 +141,7 @@ class _Collector:
         self.renderer = renderer
         self.seen = SeenKeys()
         self.records: list[dict] = []
-        self.counters = {"duplicates": 0, "decontaminated": 0, "fewshot_dropped": 0}
+        self.counters = {"duplicates": 0, "decontaminated": 0, "fewshot_replaced": 0, "fewshot_dropped": 0}
         self.bar = tqdm(total=planned, unit="rows", file=sys.stderr, disable=not progress, desc="build")
 
     def consume(self, results: Iterable[dict]) -> None:
@@ -152,6 +152,7 @@ class _Collector:
             stats = res["stats"]
             self.counters["duplicates"] += res["duplicates"]
             self.counters["decontaminated"] += res["decontaminated"]
+            self.counters["fewshot_replaced"] += res["fewshot_replaced"]
             self.counters["fewshot_dropped"] += res["fewshot_dropped"]
             if r.dedup:
                 new = self.seen.filter_new(np.frombuffer(res["keys"], dtype=np.uint64))

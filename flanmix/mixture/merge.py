@@ -37,6 +37,7 @@ def merge(part_dirs: list[str | Path], out_dir: str | Path, *, overwrite: bool =
     with atomic_dir(out_dir, replace=overwrite) as tmp:
         counters = {"duplicates": sum(m["size"]["dedup_dropped"] for _, m in manifests),
                     "decontaminated": sum(m["size"]["decontaminated"] for _, m in manifests),
+                    "fewshot_replaced": sum(m["size"].get("fewshot_replaced", 0) for _, m in manifests),
                     "fewshot_dropped": sum(m["size"].get("fewshot_dropped", 0) for _, m in manifests)}
         records = _copy_shards(shards, tmp, first, counters)
         manifest = {k: v for k, v in first.items() if k not in ("shards", "size", "lengths")}

@@ -1,8 +1,12 @@
 """Planning: every row of a mixture decided up front from the seed, before anything is rendered.
 
 A plan is a deterministic list of (leaf, example index, template type, template index, cot). Per-leaf and
-per-template-type counts are exact (largest remainder), then one seeded shuffle orders the rows. The plan does not
-depend on the number of processes that later render it, so neither do the shards.
+per-template-type counts are exact (largest remainder), then one seeded shuffle orders the rows. Ties between
+template types are drawn from the leaf's RNG (by position, every small task's extra row would go to zs_opt and add up
+in the mixture's split); ties between leaves stay by position: each leaf is off by at most one row and the favoured
+leaves are different tasks (in the fixture flan2022 build all tied leaves are T0 prompts of one component), so no
+reported share adds them up. The plan does not depend on the number of processes that later render it, so neither
+do the shards.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from flanmix.sources import stable_seed
 from flanmix.task import Task
 
 LARGE_SOURCE = 1_000_000  # rows above which a leaf draws its distinct examples without a full permutation
+TIE_ULPS = 16  # remainders within this many float epsilons (times the total) are a tie
 
 
 @dataclass
@@ -34,15 +39,32 @@ class Plan:
         return len(self.leaf)
 
 
-def largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
-    """Integer counts summing to `total`, proportional to `weights` (Hamilton's method, ties by position)."""
+def largest_remainder(total: int, weights: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Integer counts summing to `total`, proportional to `weights` (Hamilton's method).
+
+    Equal remainders that straddle the cut are broken by position (the first ones get the extra rows) or, given
+    `rng`, by a seeded draw among them: then no position is favoured systematically. `rng` is drawn from only when
+    such a tie exists."""
     weights = np.asarray(weights, dtype=np.float64)
     exact = total * weights / weights.sum()
     counts = np.floor(exact).astype(np.int64)
     short = total - int(counts.sum())
-    if short > 0:
-        order = np.lexsort((np.arange(len(exact)), -(exact - counts)))
-        counts[order[:short]] += 1
+    if short <= 0:
+        return counts
+    remainder = exact - counts
+    order = np.lexsort((np.arange(len(exact)), -remainder))
+    if rng is not None:
+        # Remainders equal in exact arithmetic may differ in their last bits (total * w / sum is rounded).
+        tol = TIE_ULPS * np.finfo(np.float64).eps * max(1, total)
+        cut = remainder[order[short - 1]]
+        above = remainder > cut + tol
+        tied = np.flatnonzero(np.abs(remainder - cut) <= tol)
+        inside = short - int(above.sum())  # extra rows left for the tied entries (1 <= inside <= len(tied))
+        if inside < len(tied):
+            counts[above] += 1
+            counts[rng.choice(tied, size=inside, replace=False)] += 1
+            return counts
+    counts[order[:short]] += 1
     return counts
 
 
@@ -91,7 +113,10 @@ def _plan_leaf(leaf: Leaf, count: int, seed: int, replacement: bool, notes: dict
         # Every example once before any repeats (seqio's repeat-then-shuffle).
         passes = -(-count // n)
         example = np.concatenate([rng.permutation(n) for _ in range(passes)])[:count]
-    ttype = np.repeat(np.arange(4, dtype=np.int8), largest_remainder(count, np.array(leaf.settings.template_types)))
+    # Ties between template types (e.g. 5 rows over four equal types) are drawn from the leaf's RNG: by position,
+    # zs_opt would get every tiny leaf's extra row and skew the mixture's split.
+    split = largest_remainder(count, np.array(leaf.settings.template_types), rng)
+    ttype = np.repeat(np.arange(4, dtype=np.int8), split)
     rng.shuffle(ttype)
     if not task.has_opt_variants:
         _move(ttype, ((0, 1), (2, 3)), "no options", notes)

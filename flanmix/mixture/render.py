@@ -3,6 +3,10 @@
 A `ShardRenderer` holds everything a worker needs (leaves with their loaded tasks, the plan, the output folder,
 filters). Workers are forked and receive it through the pool initializer's arguments, so tasks and examples are
 inherited (copy-on-write), not pickled, and Python-registered tasks and generators work in workers too.
+
+A FLAN few-shot row left without exemplars is replaced by a row of the same task and template type from another
+example (`ShardRenderer.replacement`), drawn from the seed and the row's plan position, so the realized template-type
+split is the plan's and shards do not depend on how the plan is cut.
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import multiprocessing
+import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +29,27 @@ from flanmix.dedup import contaminated, first_occurrence_mask, row_keys
 from flanmix.fewshot import FewShotDropped
 from flanmix.mixture.plan import Plan, planned_rows
 from flanmix.mixture.resolve import Leaf
+from flanmix.prompts import Rendered
+from flanmix.sources import stable_seed
+from flanmix.task import Example
 from flanmix.writer import ShardStats, make_table, shard_name, write_shard
+
+FEWSHOT_REPLACEMENT_ATTEMPTS = 8  # other examples tried in place of a dropped FLAN few-shot row
+
+
+class FewShotCounts(NamedTuple):
+    """FLAN few-shot rows of a chunk left without exemplars: replaced by another example's row, or dropped."""
+
+    replaced: int
+    dropped: int
+
+
+def row_error(task: str, example: Example, err: Exception) -> FlanmixError:
+    """A rendering failure as one error naming the task and row (a FlanmixError keeps its file, line and field)."""
+    if isinstance(err, FlanmixError):
+        return FlanmixError(f"task {task!r}, row {example.example_id}: {err.message}", file=err.file,
+                            line=err.line, field=err.field, expected=err.expected)
+    return FlanmixError(f"task {task!r}, row {example.example_id}: {type(err).__name__}: {err}")
 
 
 @dataclass(frozen=True)
@@ -44,9 +69,9 @@ class ShardRenderer:
     tokenizer: Any = None  # a `tokenizers.Tokenizer` when token lengths are measured
     count_tokens: Callable[[str], int] | None = None  # measures few-shot budgets in tokens (mixture `tokenizer`)
 
-    def render_rows(self, lo: int, hi: int) -> tuple[dict[str, list], int, int]:
+    def render_rows(self, lo: int, hi: int) -> tuple[dict[str, list], int, FewShotCounts]:
         """Render plan rows [lo, hi); returns the columns, how many rows decontamination dropped and how many FLAN
-        few-shot rows were dropped for want of exemplars."""
+        few-shot rows were replaced or dropped for want of exemplars (see `replacement`)."""
         plan = self.plan
         # Per-leaf lookups done once per chunk, not once per row (this loop is the hot path of a build).
         leaves = [(leaf.task.render_full, leaf.task.examples("train"), leaf.task.name, leaf.task.spec.collection,
@@ -60,25 +85,26 @@ class ShardRenderer:
         example_ids: list[str] = []
         cots: list[bool] = []
         grams, n, seed = self.grams, self.ngram, self.seed
-        dropped = fewshot_dropped = 0
+        dropped = fewshot_replaced = fewshot_dropped = 0
         count_tokens = self.count_tokens
         rows = zip(plan.leaf[lo:hi].tolist(), plan.example[lo:hi].tolist(), plan.ttype[lo:hi].tolist(),
                    plan.tidx[lo:hi].tolist(), plan.cot[lo:hi].tolist())
-        for leaf_i, ex_i, tt_i, tidx, cot in rows:
+        for position, (leaf_i, ex_i, tt_i, tidx, cot) in enumerate(rows, lo):
             render, examples, name, source, randomize = leaves[leaf_i]
             example = examples[ex_i]
             ttype = TEMPLATE_TYPES[tt_i]
             try:
                 out = render(example, template_type=ttype, template_idx=tidx, cot=cot, seed=seed,
                              randomize_options=randomize, count_tokens=count_tokens)
-            except FewShotDropped:  # FLAN drops a few-shot row when no exemplar is left
-                fewshot_dropped += 1
-                continue
-            except FlanmixError as err:
-                raise FlanmixError(f"task {name!r}, row {example.example_id}: {err.message}", file=err.file,
-                                   line=err.line, field=err.field, expected=err.expected) from None
+            except FewShotDropped:  # FLAN drops a few-shot row when no exemplar is left: render another in its place
+                found = self.replacement(position, leaf_i, ex_i, ttype, tidx, cot)
+                if found is None:
+                    fewshot_dropped += 1
+                    continue
+                fewshot_replaced += 1
+                example, tidx, out = found
             except Exception as err:  # noqa: BLE001 - report any failure with the task and row it happened on
-                raise FlanmixError(f"task {name!r}, row {example.example_id}: {type(err).__name__}: {err}") from None
+                raise row_error(name, example, err) from None
             if grams is not None and (contaminated(out.inputs, grams, n) or contaminated(out.targets, grams, n)):
                 dropped += 1
                 continue
@@ -92,13 +118,50 @@ class ShardRenderer:
             cots.append(cot)
         cols = {"inputs": inputs, "targets": targets, "task_name": task_names, "task_source": sources,
                 "template_type": ttypes, "template_idx": tidxs, "example_id": example_ids, "cot": cots}
-        return cols, dropped, fewshot_dropped
+        return cols, dropped, FewShotCounts(fewshot_replaced, fewshot_dropped)
+
+    def replacement(self, position: int, leaf_i: int, ex_i: int, ttype: str, tidx: int, cot: bool
+                    ) -> tuple[Example, int, Rendered] | None:
+        """(example, template index, rendered row) in place of plan row `position`, a FLAN few-shot row left without
+        exemplars; None when all `FEWSHOT_REPLACEMENT_ATTEMPTS` candidates were dropped too.
+
+        In FLAN each template type is its own (sub)mixture sampled at its rate, so a dropped few-shot row is simply
+        absent from that dataset and the mixture still yields few-shot rows at their rate. Here the row is replaced
+        by one of the same leaf, template type and cot: candidates are other training examples with the same
+        template index (which keeps the plan's per-task, per-type and per-template counts); a task with fewer
+        other examples than attempts (a row's render is fixed by its example and template, so retrying one is
+        pointless) fills the remaining attempts with (example, other template of the type) pairs, uniformly. The
+        candidates are drawn from the seed and the row's plan position alone, so a shard's bytes do not depend on
+        how the plan is split into shards, processes or machines."""
+        leaf = self.leaves[leaf_i]
+        task = leaf.task
+        examples = task.examples("train")
+        rng = random.Random(stable_seed(self.seed, "fewshot-replacement", position))
+        attempts, others = FEWSHOT_REPLACEMENT_ATTEMPTS, len(examples) - 1
+        candidates = [(k + (k >= ex_i), tidx) for k in rng.sample(range(others), min(others, attempts))]
+        spare = attempts - len(candidates)
+        if spare > 0:
+            templates = [t for t in task.template_indices(cot=cot, template_type=ttype) if t != tidx]
+            pairs = len(examples) * len(templates)
+            candidates += [(j // len(templates), templates[j % len(templates)])
+                           for j in rng.sample(range(pairs), min(pairs, spare))]
+        for k, t in candidates:
+            example = examples[k]
+            try:
+                return example, t, task.render_full(example, template_type=ttype, template_idx=t, cot=cot,
+                                                    seed=self.seed, randomize_options=leaf.settings.randomize_options,
+                                                    count_tokens=self.count_tokens)
+            except FewShotDropped:
+                continue
+            except Exception as err:  # noqa: BLE001 - report any failure with the task and row it happened on
+                raise row_error(task.name, example, err) from None
+        return None
 
     def render_shard(self, index: int) -> dict:
         """Render chunk `index`, drop in-shard duplicates, write its shard file; return keys and counters."""
         lo = index * self.rows_per_shard
         hi = min(len(self.plan), lo + self.rows_per_shard)
-        cols, decontaminated, fewshot_dropped = self.render_rows(lo, hi)
+        cols, decontaminated, fewshot = self.render_rows(lo, hi)
         keys = row_keys(cols["inputs"], cols["targets"]) if self.dedup else np.zeros(0, dtype=np.uint64)
         duplicates = 0
         if self.dedup:
@@ -113,7 +176,7 @@ class ShardRenderer:
         stats = ShardStats.of_table(table, self.tokenizer)
         return {"index": index, "planned": planned_rows(len(self.plan), self.rows_per_shard, index),
                 "keys": keys.tobytes(), "duplicates": duplicates, "decontaminated": decontaminated,
-                "fewshot_dropped": fewshot_dropped, "stats": stats}
+                "fewshot_replaced": fewshot.replaced, "fewshot_dropped": fewshot.dropped, "stats": stats}
 
 
 # The renderer of this pool worker process: set once by `_init_worker` in each forked worker, never in the process
