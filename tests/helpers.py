@@ -77,3 +77,43 @@ def write_prefs(path, n=240, kind="pairs", seed=0, k=4, task="reverse", edits="m
     rows = preference_rows(reverse_examples(n, seed, task), kind=kind, seed=seed, k=k, edits=edits)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+FRUIT_WORDS = ["apple", "stone", "pear", "chair", "plum", "cloud", "fig", "shoe"]
+
+
+def write_fruit_task(root: Path, templates: dict, *, name: str = "fruit", rows: int = 24, extra: str = "",
+                     turns: bool = False) -> Path:
+    """A file-sourced yes/no task ("is WORD a fruit?") with the given inline templates in registry folder `root`;
+    `turns` adds a dialog column. Returns the spec's path."""
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    data = [{"word": FRUIT_WORDS[i % len(FRUIT_WORDS)] + str(i), "label": int(i % 3 == 0)} for i in range(rows)]
+    if turns:
+        for i, row in enumerate(data):
+            row["turns"] = [f"hi {i}", "hello {{ x }}  "]
+    (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+    (root / f"{name}.yaml").write_text(textwrap.dedent(f"""\
+        name: {name}
+        cluster: fruit
+        source: {{files: {name}.jsonl}}
+        fields:
+          answer: "{{{{ 'yes' if label else 'no' }}}}"
+          options: "{{{{ ['yes', 'no'] }}}}"
+        options_field: options
+        validation_fraction: 0.0
+        """) + extra + yaml.safe_dump({"templates": templates}, sort_keys=False))
+    return root / f"{name}.yaml"
+
+
+def niv2_mirror_of_shared(shared_data: Path, root: Path) -> Path:
+    """A hub mirror (`root`) holding the natural-instructions task files of ../shared/data, copied in (a mirror's
+    files must lie inside it); returns the mirror's tasks folder."""
+    import shutil
+
+    tasks = root / "allenai__natural-instructions" / "tasks"
+    tasks.mkdir(parents=True, exist_ok=True)
+    for path in (shared_data / "instruction" / "natural_instructions").glob("task*.json"):
+        shutil.copy(path, tasks / path.name)
+    return tasks

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from flanmix.importers.flan_source import flan_key_slug, read_flan_tables
 from flanmix.registry import load_task_file
 from flanmix.sources import read_simple_cot_tsv
 from flanmix.task import Example, compile_filter
+from helpers import niv2_mirror_of_shared
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = REPO / "task_registry" / "flan"
@@ -385,10 +385,7 @@ MMLU = set(range(685, 738)) | {664, 665, 666, 667}  # FLAN's NIV2_MMLU_TASK_KEYS
 @pytest.fixture(scope="module")
 def niv2_mirror(shared_data, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("niv2_mirror")
-    tasks = root / "allenai__natural-instructions" / "tasks"
-    tasks.mkdir(parents=True)
-    for path in (shared_data / "instruction" / "natural_instructions").glob("task*.json"):
-        shutil.copy(path, tasks / path.name)  # a mirror's files must lie inside it
+    tasks = niv2_mirror_of_shared(shared_data, root)
     made_up = json.loads((FIXTURES / "allenai__natural-instructions/tasks/task685_made_up_mmlu.json").read_text())
     (tasks / "task667_made_up_mmlu.json").write_text(json.dumps({**made_up, "Instances": [
         {**made_up["Instances"][0], "id": "task667-x1"}]}), encoding="utf-8")

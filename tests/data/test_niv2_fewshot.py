@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections import Counter
 from itertools import permutations
 from pathlib import Path
@@ -26,6 +25,7 @@ from flanmix.importers.flan_source import read_flan_tables
 from flanmix.mixture import as_spec, resolve
 from flanmix.registry import Registry, load_task_file
 from flanmix.stats import mixture_stats
+from helpers import niv2_mirror_of_shared
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "task_registry" / "flan" / "niv2" / "tfds_natural_instructions.yaml"
@@ -50,10 +50,7 @@ def task_files(shared_data) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def mirror(shared_data, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("niv2_real")
-    tasks = root / "allenai__natural-instructions" / "tasks"
-    tasks.mkdir(parents=True)
-    for path in (shared_data / "instruction" / "natural_instructions").glob("task*.json"):
-        shutil.copy(path, tasks / path.name)  # a mirror's files must lie inside it
+    niv2_mirror_of_shared(shared_data, root)
     return root
 
 

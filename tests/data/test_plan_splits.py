@@ -14,13 +14,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import textwrap
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from flanmix.cli import main
 from flanmix.core.constants import TEMPLATE_TYPES
@@ -28,6 +26,7 @@ from flanmix.fewshot import FewShotDropped
 from flanmix.mixture import build, largest_remainder, make_plan, merge, resolve
 from flanmix.mixture.spec import MixtureSpec
 from flanmix.registry import Registry
+from helpers import write_fruit_task
 
 # Ten x_shot patterns, as FLAN has: Binomial(25, 1/10) exemplars, none with probability 0.9^25 (7.2%).
 PATTERNS = [{"input": f"({k}) {{{{ word }}}}\n{{{{ options_ }}}}", "target": "{{ answer }}",
@@ -37,25 +36,12 @@ TEMPLATES = {"options_style": "flan",
              "zero_shot": [{"input": "Is {{ word }} a fruit?\n{{ options_ }}", "target": "{{ answer }}"}],
              "zero_shot_no_options": [{"input": "Fruit or not: {{ word }}", "target": "{{ answer }}"}],
              "few_shot_patterns": PATTERNS}
-WORDS = ["apple", "stone", "pear", "chair", "plum", "cloud", "fig", "shoe"]
 CHI2_DF3_P001 = 16.27  # the chi-square distribution's 0.999 quantile with 3 degrees of freedom
 
 
 def write_task(root: Path, name: str, rows: int, extra: str = "") -> None:
     """A file-sourced task with yes/no options and FLAN few-shot patterns in registry folder `root`."""
-    root.mkdir(parents=True, exist_ok=True)
-    data = [{"word": WORDS[i % len(WORDS)] + str(i), "label": int(i % 3 == 0)} for i in range(rows)]
-    (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
-    (root / f"{name}.yaml").write_text(textwrap.dedent(f"""\
-        name: {name}
-        cluster: fruit
-        source: {{files: {name}.jsonl}}
-        fields:
-          answer: "{{{{ 'yes' if label else 'no' }}}}"
-          options: "{{{{ ['yes', 'no'] }}}}"
-        options_field: options
-        validation_fraction: 0.0
-        """) + extra + yaml.safe_dump({"templates": TEMPLATES}, sort_keys=False))
+    write_fruit_task(root, TEMPLATES, name=name, rows=rows, extra=extra)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from flanmix.options import FLAN_OPTION_ENDS, FLAN_OPTION_NAMES, FLAN_OPTION_STA
 from flanmix.prompts import Rendered
 from flanmix.registry import Registry, load_task_file
 from flanmix.spec import FewShotFormat
+from helpers import write_fruit_task
 
 PATTERN = {"inputs_prefix": "Q: ", "targets_prefix": "A:\n", "x_y_delimiter": "\n", "example_separator": "\n\n"}
 TEMPLATES = {
@@ -42,27 +42,12 @@ TEMPLATES = {
         {"input": "[{{ word }}]", "target": "{{ answer }}", "inputs_prefix": "In: ", "targets_prefix": "Out: "},
     ],
 }
-WORDS = ["apple", "stone", "pear", "chair", "plum", "cloud", "fig", "shoe"]
 
 
 def write_registry(root: Path, templates: dict = TEMPLATES, *, name: str = "fruit", rows: int = 24,
                    extra: str = "") -> Path:
     """A file-sourced task with inline templates (answer options yes/no) in registry folder `root`."""
-    root.mkdir(parents=True, exist_ok=True)
-    data = [{"word": WORDS[i % len(WORDS)] + str(i), "label": int(i % 3 == 0),
-             "turns": [f"hi {i}", "hello {{ x }}  "]} for i in range(rows)]
-    (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
-    (root / f"{name}.yaml").write_text(textwrap.dedent(f"""\
-        name: {name}
-        cluster: fruit
-        source: {{files: {name}.jsonl}}
-        fields:
-          answer: "{{{{ 'yes' if label else 'no' }}}}"
-          options: "{{{{ ['yes', 'no'] }}}}"
-        options_field: options
-        validation_fraction: 0.0
-        """) + extra + yaml.safe_dump({"templates": templates}, sort_keys=False))
-    return root / f"{name}.yaml"
+    return write_fruit_task(root, templates, name=name, rows=rows, extra=extra, turns=True)
 
 
 @pytest.fixture()
