@@ -167,6 +167,9 @@ class Registry:
 
     def __init__(self, tasks: Iterable[Task]) -> None:
         self._tasks: dict[str, Task] = {}
+        # The folders `discover` read besides the bundled registry (None: built by hand), so that another process
+        # (a Ray worker) can discover the same registry again.
+        self.folders: tuple[Path, ...] | None = None
         for task in tasks:
             self.add(task)
 
@@ -207,6 +210,8 @@ class Registry:
         if python:
             for task in _PYTHON_TASKS.values():
                 registry.add(task)
+        if bundled:
+            registry.folders = tuple(roots[1:])
         return registry
 
     def __contains__(self, name: str) -> bool:

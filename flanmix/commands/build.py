@@ -23,7 +23,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         preflight(mixture_tasks(args.mixture, registry))  # every hub source reachable, before reading any
         manifest = build(args.mixture, args.out, seed=args.seed, num_proc=args.num_proc, fmt=args.format,
                          overwrite=args.overwrite, registry_dirs=args.registry,
-                         registry=registry if args.engine == "local" else None,  # ray workers load their own
+                         registry=registry,  # discovered once; Ray workers discover its folders again
                          messages=args.messages, num_shards=args.num_shards, shard_index=args.shard_index,
                          rows_per_shard=args.rows_per_shard, progress=not args.quiet, engine=args.engine,
                          address=args.address)

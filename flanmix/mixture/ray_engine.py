@@ -161,9 +161,10 @@ class RayEngine:
     def prepare(self, *, spec: MixtureSpec, doc: YamlDoc | None, base_dir: Path, registry: Registry | None,
                 registry_dirs: Iterable[str], rows_per_shard: int, part: tuple[int, int]) -> None:
         """Start the workers, which load the mixture while the driver resolves and plans it."""
-        if registry is not None:
+        if registry is not None and registry.folders is None:
             raise FlanmixError("--engine ray loads the tasks again on every worker, from folders", field="registry",
-                               expected="registry_dirs=[...] instead of a Registry object")
+                               expected="registry_dirs=[...] or a Registry from Registry.discover, not one built "
+                                        "by hand")
         cpus = int(cluster_resources(self.ray)["CPU"])
         if cpus < 1:
             raise FlanmixError("the Ray cluster has no CPUs", field="--address", expected="a cluster with CPU nodes")
@@ -174,7 +175,10 @@ class RayEngine:
         if spec.size is not None and spec.size.examples is not None:  # the number of shards is known already
             num_files = max(1, -(-spec.size.examples // rows_per_shard))
             count = min(count, max(1, len(part_range(num_files, *part))))
-        roots = _env_registry_dirs() + [str(Path(p).resolve()) for p in registry_dirs]
+        if registry is not None:  # the driver's own registry: its workers discover the same folders
+            roots = [str(Path(p).resolve()) for p in registry.folders or ()]
+        else:
+            roots = _env_registry_dirs() + [str(Path(p).resolve()) for p in registry_dirs]
         env = forwarded_env()
         recipe = WorkerRecipe(spec, doc.path.resolve() if doc else None, Path(base_dir).resolve(), tuple(roots),
                               tuple(sorted(env.items())))

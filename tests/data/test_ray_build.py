@@ -74,6 +74,13 @@ def test_ray_build_is_byte_identical_to_local(ray_cluster, registry_dir, tmp_pat
     for engine in ("local", "ray"):
         _build(registry_dir, tmp_path / f"part-{engine}", fmt="jsonl", num_shards=3, shard_index=1, engine=engine)
     _same_build(tmp_path / "part-local", tmp_path / "part-ray")
+    # the driver's own discovered registry (as the CLI passes it): the workers discover its folders again
+    from flanmix.registry import Registry
+
+    build(SPEC, tmp_path / "reg-ray", registry=Registry.discover([registry_dir]), rows_per_shard=300, engine="ray",
+          progress=False)
+    _build(registry_dir, tmp_path / "reg-local")
+    _same_build(tmp_path / "reg-local", tmp_path / "reg-ray")
     # one shard on a 2-CPU cluster: one worker starts, and the driver renders while it loads
     for engine in ("local", "ray"):
         _build(registry_dir, tmp_path / f"one-{engine}", rows_per_shard=5000, engine=engine)
@@ -163,8 +170,9 @@ def test_errors_on_workers_are_one_line_and_leave_nothing(ray_cluster, registry_
     # a registry object cannot be re-created on the workers; Python-registered tasks are not seen there
     from flanmix.registry import Registry, register_task, unregister_task
 
-    with pytest.raises(FlanmixError, match="registry_dirs"):
-        build(SPEC, tmp_path / "o2", registry=Registry.discover([registry_dir]), engine="ray", progress=False)
+    with pytest.raises(FlanmixError, match="registry_dirs"):  # a registry built by hand cannot be found again
+        build(SPEC, tmp_path / "o2", registry=Registry(Registry.discover([registry_dir]).select("t0")),
+              engine="ray", progress=False)
     register_task({"name": "pytask", "cluster": "py", "source": {"builtin": "arithmetic.add", "examples": 20},
                    "fields": {"question": "{{ a }} + {{ b }}", "answer": "{{ a + b }}"},
                    "templates": {"zero_shot": [{"input": "{{ question }}", "target": "{{ answer }}"}]}})
