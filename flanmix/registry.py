@@ -46,10 +46,10 @@ def template_part_lines(doc: YamlDoc, prefix: tuple = ()) -> dict[tuple, int]:
 
 
 def _find_template_file(ref: str, spec_file: Path, registry_root: Path | None,
-                        other_roots: Iterable[Path] = ()) -> Path:
+                        other_roots: Iterable[Path] = (), field: str = "templates") -> Path:
     if Path(ref).is_absolute() or ".." in Path(ref).parts:  # a shared spec must not read any YAML file it likes
         raise FlanmixError(f"template set {ref!r} is not a name inside a templates/ folder", file=spec_file,
-                           field="templates", expected="a reference such as flan/rte (no absolute path, no '..')")
+                           field=field, expected="a reference such as flan/rte (no absolute path, no '..')")
     candidates = []
     names = [ref] if ref.endswith((".yaml", ".yml")) else [ref + ".yaml", ref + ".yml"]
     for name in names:
@@ -61,7 +61,7 @@ def _find_template_file(ref: str, spec_file: Path, registry_root: Path | None,
     for candidate in candidates:
         if candidate.is_file() and candidate.resolve() != spec_file.resolve():
             return candidate
-    raise FlanmixError(f"template set {ref!r} not found", file=spec_file, field="templates",
+    raise FlanmixError(f"template set {ref!r} not found", file=spec_file, field=field,
                        expected=f"a file such as {candidates[0]} or templates/{names[0]}")
 
 
@@ -116,7 +116,8 @@ def load_task_file(path: Path | str, registry_root: Path | None = None, other_ro
         templates, template_lines = cache[template_file]
     mix_set = None
     if spec.template_mix_templates is not None:  # a second set, looked up like `templates`
-        mix_file = _find_template_file(spec.template_mix_templates, path, registry_root, other_roots)
+        mix_file = _find_template_file(spec.template_mix_templates, path, registry_root, other_roots,
+                                       field="template_mix_templates")
         cache = {} if template_cache is None else template_cache
         if mix_file not in cache:
             cache[mix_file] = read_template_set(mix_file)
@@ -151,7 +152,8 @@ def register_task(spec: TaskSpec | dict[str, Any], templates: TemplateSet | dict
         raise FlanmixError(f"task {spec.name!r} is already registered from Python", field="name")
     mix_set = None
     if spec.template_mix_templates is not None:
-        mix_set, _ = read_template_set(_find_template_file(spec.template_mix_templates, Path.cwd() / "<python>", None))
+        mix_set, _ = read_template_set(_find_template_file(spec.template_mix_templates, Path.cwd() / "<python>", None,
+                                                           field="template_mix_templates"))
     task = Task(spec, templates, template_mix_set=mix_set)
     _PYTHON_TASKS[spec.name] = task
     return task

@@ -210,6 +210,20 @@ CASES: list[tuple[str, dict, list[str], str]] = [
     ("eval-limit-zero", {}, ["eval", "m", "--tasks", "str_reverse", "--limit", "0"], "--limit: must be at least 1"),
     ("ablate-jobs-zero", {}, ["ablate", "spec.yaml", "--out", "{tmp}/out", "--jobs", "0"],
      "--jobs: must be at least 1"),
+    # --- source slices, exploded rows and few-shot groups (issue 11)
+    ("split-slice-malformed", {"reg/h.yaml": spec(source="{hub: some/ds, split: 'train[::2]'}")},
+     ["tasks", "validate", "{tmp}/reg"], "malformed split 'train[::2]'"),
+    ("split-slice-percent-range", {"reg/h.yaml": spec(source="{hub: some/ds, split: 'train[:200%]'}")},
+     ["tasks", "validate", "{tmp}/reg"], "percent boundaries must lie between"),
+    ("explode-not-a-list", {"reg/h.yaml": spec(source="{files: d.jsonl, explode: [a]}"), "reg/d.jsonl": rows(3)},
+     ["render", "h", "--registry", "{tmp}/reg"], "column 'a' is a int, not a list"),
+    ("explode-unequal-lengths", {"reg/h.yaml": spec(source="{files: d.jsonl, explode: [q, r]}"),
+                                 "reg/d.jsonl": '{"a": 1, "q": [1, 2], "r": [1]}\n'},
+     ["render", "h", "--registry", "{tmp}/reg"], "explode"),
+    ("few-shot-group-undefined", {"reg/h.yaml": spec() + "few_shot_group: '{{ nope.x }}'\n"},
+     ["render", "h", "--registry", "{tmp}/reg", "--variant", "fs_noopt"], "few_shot_group"),
+    ("template-mix-set-missing", {"reg/h.yaml": spec() + "template_mix_templates: flan/nonexistent\n"},
+     ["tasks", "validate", "{tmp}/reg"], "template_mix_templates: template set 'flan/nonexistent' not found"),
 ]
 
 
