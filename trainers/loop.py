@@ -69,6 +69,7 @@ def train(stage: Stage, cfg: LoopSettings) -> TrainResult:
             guard = NonFiniteGuard(accelerator.device)
             ckpt = Checkpointer(accelerator, cfg, log, guard, steps_total)
             step, position = ckpt.resume()
+            finished = step >= steps_total and ckpt.last is not None  # resumed from the final checkpoint
             log.start(step)  # drops what a crash left after the checkpoint: logged steps stay strictly increasing
             ctx.step = step
             stage.setup(ctx)
@@ -96,11 +97,13 @@ def train(stage: Stage, cfg: LoopSettings) -> TrainResult:
                 if cfg.save_every and step % cfg.save_every == 0 and step < steps_total:
                     ckpt.save(step, data.position)
 
-            # -- the end: eval, last checkpoint, final model
+            # -- the end: eval, last checkpoint, final model. A rerun of a finished run resumes from its last
+            # checkpoint, which is written after the final eval: that eval is logged already, so it is not repeated.
             bar.close()
             guard.check(accelerator, log, ckpt.last)
-            run_eval(stage, ctx, eval_data, log, bar)
-            ckpt.save(step, data.position)
+            if not finished:
+                run_eval(stage, ctx, eval_data, log, bar)
+                ckpt.save(step, data.position)
             final_dir = out / "final" if cfg.save_final else None
             if final_dir is not None:
                 save_final(stage, ctx, final_dir)

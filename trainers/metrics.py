@@ -52,9 +52,31 @@ class MetricsLog:
                 self.writer = None
         self.file = path.open("a", encoding="utf-8")
         if self.accelerator is not None:
-            self.accelerator.init_trackers(self.project, config=self.config, init_kwargs={
-                "wandb": {"dir": str(self.out), "name": f"{self.name}:{self.out.name}"},
-                "mlflow": {"run_name": f"{self.name}:{self.out.name}"}})
+            self.start_trackers(resuming=step > 0)
+
+    def start_trackers(self, resuming: bool) -> None:
+        """Start accelerate's trackers; a resumed run continues the wandb / MLflow runs its first start recorded in
+        `tracker_runs.json` (their configuration is logged once, by the first start: MLflow parameters cannot
+        change). Steps that a crash logged after the checkpoint are logged again there: neither tool can purge
+        them, as TensorBoard and metrics.jsonl do."""
+        ids_file = self.out / "tracker_runs.json"
+        known = json.loads(ids_file.read_text()) if resuming and ids_file.is_file() else {}
+        wandb = {"dir": str(self.out), "name": f"{self.name}:{self.out.name}"}
+        mlflow = {"run_name": f"{self.name}:{self.out.name}"}
+        if "wandb" in known:
+            wandb.update(id=known["wandb"], resume="allow")
+        if "mlflow" in known:
+            mlflow["run_id"] = known["mlflow"]
+        self.accelerator.init_trackers(self.project, config=None if known else self.config,
+                                       init_kwargs={"wandb": wandb, "mlflow": mlflow})
+        ids = {}
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "wandb":
+                ids["wandb"] = tracker.run.id
+            elif tracker.name == "mlflow":
+                ids["mlflow"] = tracker.active_run.info.run_id
+        if ids:
+            write_text(ids_file, json.dumps(ids) + "\n")
 
     def __enter__(self) -> MetricsLog:
         return self

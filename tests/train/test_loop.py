@@ -111,6 +111,21 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_rerunning_a_finished_run_logs_nothing_twice(tmp_path):
+    """A second run of a finished run (resume=auto finds its final checkpoint) trains nothing and logs nothing new:
+    the final eval record is not written a second time, and the final model is the same."""
+    class EvalStage(ToyStage):
+        def evaluate(self, ctx):
+            return {"eval_toy": 1.0}
+
+    train(EvalStage(), _cfg(tmp_path, "run", save_every=3))
+    first = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert first.count("eval_toy") == 1
+    again = train(EvalStage(), _cfg(tmp_path, "run", save_every=3))
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == first
+    assert again.steps == 8 and [p.name for p in checkpoints(tmp_path / "run")][-1] == "step-8"
+
+
 def test_resume_after_a_crash_logs_each_step_once(tmp_path):
     """A crash after step 5 (checkpoint at 3, a torn line being written) left metrics.jsonl and TensorBoard events
     for steps 1-5; the resumed run cuts them back to step 3, so the logged steps are strictly increasing and the

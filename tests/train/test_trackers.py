@@ -98,3 +98,55 @@ def test_a_missing_tracker_package_is_one_error(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(FlanmixError, match="log_with: wandb is not installed"):
         train(Regression(), _settings(tmp_path, ["wandb"]))
+
+
+def _crash_after_step_2(tmp_path):
+    """Leave the run folder as a crash after step 2's checkpoint would: the last checkpoint gone."""
+    import shutil
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    shutil.rmtree(checkpoints / "step-4")
+    shutil.rmtree(tmp_path / "run" / "final", ignore_errors=True)
+
+
+def test_a_resumed_run_continues_its_mlflow_run(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    settings = _settings(tmp_path, ["mlflow"]).model_copy(update={"save_every": 2, "keep_checkpoints": 5})
+    train(Regression(), settings)
+    _crash_after_step_2(tmp_path)
+    train(Regression(), settings)  # resumes from step 2
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("trackers-test")
+    (run,) = client.search_runs([experiment.experiment_id])  # one run, continued - not a second one
+    assert json.loads((tmp_path / "run" / "tracker_runs.json").read_text()) == {"mlflow": run.info.run_id}
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "toy/loss")]
+    assert steps == [2, 4, 4]  # the crashed run's step 4, then the resumed run's (MLflow cannot purge it)
+    assert run.info.status == "FINISHED" and run.data.params["max_steps"] == "4"
+
+
+def test_a_resumed_run_asks_wandb_to_continue_its_run(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    import wandb
+
+    calls = []
+    real_init = wandb.init
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real_init(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", spy)
+    settings = _settings(tmp_path, ["wandb"]).model_copy(update={"save_every": 2, "keep_checkpoints": 5})
+    train(Regression(), settings)
+    first_id = json.loads((tmp_path / "run" / "tracker_runs.json").read_text())["wandb"]
+    _crash_after_step_2(tmp_path)
+    train(Regression(), settings)
+    assert "id" not in calls[0] and (calls[1]["id"], calls[1]["resume"]) == (first_id, "allow")
