@@ -210,3 +210,47 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path, tiny_model_dir, 
     ckpt = [h["loss"] for h in train(dict(common, output_dir=str(tmp_path / "b"),
                                           gradient_checkpointing=True)).history]
     assert ckpt == pytest.approx(plain, abs=1e-5)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_dir):
+    """A real crash: `flanmix train sft` in its own process, SIGKILLed once its second checkpoint is on disk (mid
+    step, with a later step possibly half-logged); running the same command again resumes and ends with the same
+    logged losses and the same final weights as a run that was never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import torch
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows(96)))
+
+    def command(name: str) -> list[str]:
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(yaml.safe_dump({
+            "model": str(tiny_model_dir), "data": str(data), "output_dir": str(tmp_path / name), "max_steps": 40,
+            "batch_size": 4, "max_length": 64, "save_every": 4, "log_every": 1, "lr": 3e-3, "tensorboard": False,
+            "progress": False, "threads": 1, "keep_checkpoints": 20}))
+        return [sys.executable, "-m", "flanmix", "train", "sft", "--config", str(config)]
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    subprocess.run(command("full"), check=True, capture_output=True, env=env, timeout=600)
+    victim = subprocess.Popen(command("killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "killed" / "checkpoints" / "step-8").is_dir():
+        assert victim.poll() is None and time.monotonic() < deadline, "the run ended before its second checkpoint"
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "killed" / "final").exists()
+    subprocess.run(command("killed"), check=True, capture_output=True, env=env, timeout=600)
+    full, resumed = (_metrics(tmp_path / name) for name in ("full", "killed"))
+    assert [(m["step"], m["loss"]) for m in resumed if "loss" in m] == [(m["step"], m["loss"]) for m in full
+                                                                        if "loss" in m]
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "full" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
