@@ -60,6 +60,31 @@ def backbone(model: Any) -> torch.nn.Module:
     return plain_model(model).base_model
 
 
+def wrapped_module(model: Any) -> torch.nn.Module | None:
+    """The model inside a DistributedDataParallel / DeepSpeed engine (`.module`), or None for a model as is."""
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, torch.nn.Module) else None
+
+
+def as_forward(model: Any, fn: Any, *args: Any) -> Any:
+    """`fn(m, *args)` with `m` the model itself. For a model inside a DDP / DeepSpeed wrapper, `fn` runs as the
+    wrapped module's forward through the wrapper's own call, so that the wrapper's gradient synchronisation and
+    hooks see this computation as they see `model(...)`: stages that read hidden states (and project only some
+    positions) cannot call the wrapper's forward, which computes every logit, nor bypass it."""
+    inner = wrapped_module(model)
+    if inner is None:
+        return fn(model, *args)
+    own = inner.__dict__.get("forward")  # accelerate may have set one (its autocast wrapper)
+    inner.forward = lambda *a: fn(inner, *a)
+    try:
+        return model(*args)
+    finally:
+        if own is None:
+            del inner.forward
+        else:
+            inner.forward = own
+
+
 @contextlib.contextmanager
 def base_weights(model: Any) -> Iterator[Any]:
     """`model` with its adapter switched off, i.e. the frozen initial weights (the DPO/PPO reference); a model

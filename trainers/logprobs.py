@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from trainers import seq2seq
-from trainers.adapters import backbone, plain_model
+from trainers.adapters import as_forward, backbone, plain_model
 from trainers.models import is_encoder_decoder
 
 
@@ -202,7 +202,12 @@ def shared_sequence_logprobs(model, batch: dict, average: bool = False) -> torch
 
 
 def batch_sequence_logprobs(model, batch: dict, average: bool = False) -> torch.Tensor:
-    """Sequence log-probs of a padded (`collate`) or prefix-shared (`collate_shared`) preference batch."""
+    """Sequence log-probs of a padded (`collate`) or prefix-shared (`collate_shared`) preference batch; a model
+    in a DDP / DeepSpeed wrapper computes them as the wrapper's forward (`trainers.adapters.as_forward`)."""
+    return as_forward(model, _batch_sequence_logprobs, batch, average)
+
+
+def _batch_sequence_logprobs(model, batch: dict, average: bool) -> torch.Tensor:
     if "tok_row" in batch:
         return shared_sequence_logprobs(model, batch, average)
     return sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"], average)

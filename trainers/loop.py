@@ -132,7 +132,10 @@ def optimizer_step(stage: Stage, ctx: LoopContext, optimizer: torch.optim.Optimi
         window.tokens += num_tokens(batch)
         batch = to_device(batch, device)
         with acc.accumulate(ctx.model):
-            loss, metrics = stage.loss(ctx.model, batch)
+            # under the accelerator's autocast: stages that call a model's trunk directly (reading hidden states)
+            # bypass the autocast accelerate wraps around the model's own forward
+            with acc.autocast():
+                loss, metrics = stage.loss(ctx.model, batch)
             acc.backward(loss * scale)
             share = scale / (gas * world)
             step_loss += loss.detach().float() * share

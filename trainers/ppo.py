@@ -36,7 +36,7 @@ from pydantic import Field
 
 from flanmix.core.errors import FlanmixError
 from trainers import loop
-from trainers.adapters import backbone, frozen_base, has_adapter, wrap
+from trainers.adapters import as_forward, backbone, frozen_base, has_adapter, wrap
 from trainers.config import AdapterField, LoopSettings, parse_config, write_run_info
 from trainers.data import adds_bos, prompt_ids, response_ids
 from trainers.logprobs import entropy_from_logits, gather_logprobs, masked_mean, masked_whiten, output_logits
@@ -230,6 +230,11 @@ class PPOStage(Stage):
             yield mb
 
     def loss(self, model, batch):
+        # the actor-critic container may sit in a DDP / DeepSpeed wrapper: run as its forward (`as_forward`)
+        return as_forward(model, self.actor_critic_loss, batch)
+
+    def actor_critic_loss(self, model, batch):
+        """The clipped policy loss plus the value loss (and the ptx term) of one minibatch of rollouts."""
         actor, critic = model.actor, model.critic
         ids, attn, amask = batch["input_ids"], batch["attention_mask"], batch["action_mask"]
         logps, ent = action_logprobs(actor, ids, attn, amask, with_entropy=True)

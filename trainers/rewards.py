@@ -20,6 +20,7 @@ from trainers.adapters import (
     SCALAR,
     SCALAR_HEADS,
     adapter_base,
+    as_forward,
     backbone,
     is_adapter_dir,
     load_merged,
@@ -59,7 +60,12 @@ def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
 
 
 def batch_reward_scores(model, batch: dict) -> torch.Tensor:
-    """r(x, y) of every sequence of a padded or prefix-shared preference batch (same score position)."""
+    """r(x, y) of every sequence of a padded or prefix-shared preference batch (same score position); a model in a
+    DDP / DeepSpeed wrapper scores them as the wrapper's forward (`trainers.adapters.as_forward`)."""
+    return as_forward(model, _batch_reward_scores, batch)
+
+
+def _batch_reward_scores(model, batch: dict) -> torch.Tensor:
     if "tok_row" in batch:
         hidden = shared_hidden(model, batch)
         return scalar_head(model)(hidden[batch["last_row"], batch["last_pos"]]).squeeze(-1).float()
