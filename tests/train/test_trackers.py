@@ -48,6 +48,17 @@ def _jsonl(tmp_path):
     return [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.fixture
+def wandb_offline(tmp_path, monkeypatch):
+    """wandb in offline mode, every file of it under the test's folder."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+
+
 def test_mlflow_file_store_gets_the_log_records(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
     uri = (tmp_path / "mlruns").as_uri()
@@ -65,13 +76,7 @@ def test_mlflow_file_store_gets_the_log_records(tmp_path, monkeypatch):
     assert run.data.params["max_steps"] == "4"
 
 
-def test_wandb_offline_run_gets_the_log_records(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+def test_wandb_offline_run_gets_the_log_records(tmp_path, monkeypatch, wandb_offline):
     from wandb.sdk.wandb_run import Run
 
     logged = []
@@ -127,13 +132,7 @@ def test_a_resumed_run_continues_its_mlflow_run(tmp_path, monkeypatch):
     assert run.info.status == "FINISHED" and run.data.params["max_steps"] == "4"
 
 
-def test_a_resumed_run_asks_wandb_to_continue_its_run(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+def test_a_resumed_run_asks_wandb_to_continue_its_run(tmp_path, monkeypatch, wandb_offline):
     import wandb
 
     calls = []
