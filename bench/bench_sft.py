@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,13 +38,17 @@ BATCH, MAX_LEN, LR = 8, 128, 1e-3
 
 # ------------------------------------------------------------------------------------------------- preparation
 
-def render_rows(n: int, seed: int = 0) -> list[dict]:
-    """prompt/completion rows from the bundled tasks, round-robin over tasks and templates."""
+def render_rows(n: int, seed: int = 0, *, keep: Callable | None = None, make_row: Callable | None = None
+                ) -> list[dict]:
+    """Rows rendered from the bundled tasks, round-robin over tasks and templates. `keep(task)` picks the tasks
+    (default: the locally generated ones - the FLAN catalog's tasks read hub datasets); `make_row(inputs, targets)`
+    makes a row (default: prompt/completion, the completion starting with a space)."""
     from flanmix.registry import Registry, in_flan_catalog
 
+    keep = keep or (lambda t: not in_flan_catalog(t) and t.examples("train"))
+    make_row = make_row or (lambda inputs, targets: {"prompt": inputs, "completion": " " + targets})
     rng = random.Random(seed)
-    # the FLAN catalog's tasks read hub datasets: the bench draws from the locally generated tasks, as before them
-    tasks = [t for t in Registry.discover(()) if not in_flan_catalog(t) and t.examples("train")]
+    tasks = [t for t in Registry.discover(()) if keep(t)]
     rows = []
     i = 0
     while len(rows) < n:
@@ -53,7 +58,7 @@ def render_rows(n: int, seed: int = 0) -> list[dict]:
         idx = task.template_indices(cot=False)
         row = task.render(ex, template_type="zs_noopt", template_idx=idx[i % len(idx)], cot=False, seed=seed)
         if row["targets"].strip():
-            rows.append({"prompt": row["inputs"], "completion": " " + row["targets"].strip()})
+            rows.append(make_row(row["inputs"], row["targets"].strip()))
         i += 1
     rng.shuffle(rows)
     return rows
@@ -82,8 +87,23 @@ def prepare(work: Path, n_rows: int) -> None:
 
 # ----------------------------------------------------------------------------------------------------- children
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (MB), as getrusage reports it."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def loop_rates(history: list[dict], warmup: int) -> dict:
+    """tokens/s, steps/s, tokens/step and peak RSS of a flanmix run's logged steps after `warmup`."""
+    timed = [h for h in history if "tokens" in h][warmup:]
+    tokens, secs = sum(h["tokens"] for h in timed), sum(h["time_s"] for h in timed)
+    return {"tokens_per_s": tokens / secs, "steps_per_s": len(timed) / secs, "peak_rss_mb": peak_rss_mb(),
+            "tokens_per_step": tokens / len(timed), "first_logged_loss": history[0]["loss"]}
+
+
+def trainer_rates(tokens: int, secs: float, steps: int) -> dict:
+    """The same rates for a transformers Trainer timed by `time_trainer`."""
+    return {"tokens_per_s": tokens / secs, "steps_per_s": steps / secs, "peak_rss_mb": peak_rss_mb(),
+            "tokens_per_step": tokens / steps}
 
 
 def child_flanmix(work: Path, packed: bool, steps: int, warmup: int, group: bool = True) -> dict:
@@ -96,12 +116,7 @@ def child_flanmix(work: Path, packed: bool, steps: int, warmup: int, group: bool
                     betas=(0.9, 0.999), weight_decay=0.0, schedule="linear", min_lr_ratio=0.0, max_grad_norm=1.0,
                     mixed_precision="no", log_every=1, progress=False, tensorboard=False, save_final=False,
                     resume="never", seed=0, group_by_length=group)
-    stage = SFTStage(cfg, verbose=False)
-    res = train(stage, cfg)
-    timed = [h for h in res.history if "tokens" in h][warmup:]
-    tokens, secs = sum(h["tokens"] for h in timed), sum(h["time_s"] for h in timed)
-    return {"tokens_per_s": tokens / secs, "steps_per_s": len(timed) / secs, "peak_rss_mb": _peak_rss_mb(),
-            "tokens_per_step": tokens / len(timed), "first_logged_loss": res.history[0]["loss"]}
+    return loop_rates(train(SFTStage(cfg, verbose=False), cfg).history, warmup)
 
 
 def _trl_trainer(work: Path, packed: bool, max_steps: int, defaults: bool, out: Path):
@@ -161,9 +176,7 @@ def _real_tokens(batch) -> int:
 def child_trl(work: Path, packed: bool, steps: int, warmup: int, defaults: bool) -> dict:
     out = Path(tempfile.mkdtemp(prefix="bench-trl-"))
     trainer = _trl_trainer(work, packed, warmup + steps, defaults, out)
-    tokens, secs, n = time_trainer(trainer, _real_tokens, warmup)
-    return {"tokens_per_s": tokens / secs, "steps_per_s": n / secs, "peak_rss_mb": _peak_rss_mb(),
-            "tokens_per_step": tokens / n}
+    return trainer_rates(*time_trainer(trainer, _real_tokens, warmup))
 
 
 def child_first_loss(work: Path) -> dict:
@@ -196,18 +209,58 @@ CONFIGS = {
 }
 
 
-def run_child(mode: str, work: Path, args) -> dict:
+def run_child(mode: str, work: Path, args, script: str = __file__) -> dict:
+    """Run configuration `mode` of bench `script` in a fresh process; its RESULT line as a dict."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=str(REPO), TRANSFORMERS_VERBOSITY="error")
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
-    cmd = [sys.executable, __file__, "--child", mode, "--work", str(work), "--steps", str(args.steps),
+    cmd = [sys.executable, script, "--child", mode, "--work", str(work), "--steps", str(args.steps),
            "--warmup", str(args.warmup)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{mode} failed:\n{proc.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT "):])
+
+
+def alternate(configs: Sequence[str], repeats: int, run: Callable[[str], dict]) -> dict[str, list[dict]]:
+    """`repeats` rounds of `run(config)` over every configuration in turn (machine-load drifts hit them alike)."""
+    runs: dict[str, list[dict]] = {c: [] for c in configs}
+    for _ in range(repeats):
+        for c in configs:
+            runs[c].append(run(c))
+    return runs
+
+
+def summarize(runs: dict[str, list[dict]], pairs: Sequence[tuple[str, str]]) -> tuple[dict, dict]:
+    """Medians per configuration, and flanmix/baseline ratios of tokens/s and peak RSS for `pairs` present."""
+    def med(c, k):
+        return statistics.median(r[k] for r in runs[c])
+
+    summary = {c: {"tokens_per_s": med(c, "tokens_per_s"), "peak_rss_mb": med(c, "peak_rss_mb"),
+                   "tokens_per_step": med(c, "tokens_per_step"), "runs": runs[c]} for c in runs}
+    ratios = {}
+    for ours, theirs in pairs:
+        if ours in summary and theirs in summary:
+            ratios[f"{ours}/{theirs}"] = {
+                "tokens_per_s": summary[ours]["tokens_per_s"] / summary[theirs]["tokens_per_s"],
+                "peak_rss": summary[ours]["peak_rss_mb"] / summary[theirs]["peak_rss_mb"]}
+    return summary, ratios
+
+
+def report(result: dict, out: Path, heading: str) -> None:
+    """Write `result` to `out` and print its table of medians and its ratios under `heading`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"\n{heading}\n")
+    print("| config | tokens/s | peak RSS (MB) | tokens/step |")
+    print("|---|---:|---:|---:|")
+    for c, s in result["results"].items():
+        print(f"| {c} | {s['tokens_per_s']:,.0f} | {s['peak_rss_mb']:,.0f} | {s['tokens_per_step']:,.0f} |")
+    print()
+    for k, v in result["ratios"].items():
+        print(f"- {k}: {v['tokens_per_s']:.2f}x tokens/s, {v['peak_rss']:.2f}x peak RSS")
 
 
 def main() -> None:
@@ -247,24 +300,11 @@ def main() -> None:
     prepare(work, args.rows)
     meta = json.loads((work / "meta.json").read_text())
     configs = args.configs.split(",")
-    runs: dict[str, list[dict]] = {c: [] for c in configs}
-    for _ in range(args.repeats):
-        for c in configs:  # alternating order: machine load drifts hit every configuration alike
-            runs[c].append(run_child(c, work, args))
+    runs = alternate(configs, args.repeats, lambda c: run_child(c, work, args))
     first = run_child("first_loss", work, args)
 
-    def med(c, k):
-        return statistics.median(r[k] for r in runs[c])
-
-    summary = {c: {"tokens_per_s": med(c, "tokens_per_s"), "peak_rss_mb": med(c, "peak_rss_mb"),
-                   "tokens_per_step": med(c, "tokens_per_step"), "runs": runs[c]} for c in configs}
-    ratios = {}
-    for ours, theirs in (("flanmix", "trl"), ("flanmix_ungrouped", "trl"), ("flanmix_packed", "trl_packed"),
-                         ("flanmix", "trl_defaults")):
-        if ours in summary and theirs in summary:
-            ratios[f"{ours}/{theirs}"] = {
-                "tokens_per_s": summary[ours]["tokens_per_s"] / summary[theirs]["tokens_per_s"],
-                "peak_rss": summary[ours]["peak_rss_mb"] / summary[theirs]["peak_rss_mb"]}
+    summary, ratios = summarize(runs, (("flanmix", "trl"), ("flanmix_ungrouped", "trl"),
+                                       ("flanmix_packed", "trl_packed"), ("flanmix", "trl_defaults")))
     import torch
     import transformers
     import trl
@@ -277,23 +317,11 @@ def main() -> None:
         "results": summary, "ratios": ratios, "first_batch_loss": first,
         "wall_s": time.time() - t0,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-
-    print(f"\nSFT bench: {meta['params']:,}-param Llama, vocab {meta['vocab']}, batch {BATCH}, max_length {MAX_LEN}, "
-          f"fp32, {args.steps} timed steps x {args.repeats} runs (medians)\n")
-    print("| config | tokens/s | peak RSS (MB) | tokens/step |")
-    print("|---|---:|---:|---:|")
-    for c in configs:
-        s = summary[c]
-        print(f"| {c} | {s['tokens_per_s']:,.0f} | {s['peak_rss_mb']:,.0f} | {s['tokens_per_step']:,.0f} |")
-    print()
-    for k, v in ratios.items():
-        print(f"- {k}: {v['tokens_per_s']:.2f}x tokens/s, {v['peak_rss']:.2f}x peak RSS")
+    report(result, Path(args.out), f"SFT bench: {meta['params']:,}-param Llama, vocab {meta['vocab']}, batch "
+           f"{BATCH}, max_length {MAX_LEN}, fp32, {args.steps} timed steps x {args.repeats} runs (medians)")
     print(f"- first batch loss: flanmix {first['flanmix']:.6f}, TRL {first['trl']:.6f} "
           f"(|diff| {first['abs_diff']:.2e}, same input ids: {first['same_input_ids']})")
-    print(f"\nwrote {out}")
+    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import resource
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_sft  # noqa: E402  (the rows, rates, child runs and report shared with the SFT bench)
 
 REPO = Path(__file__).resolve().parent.parent
 for _key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # offline, as everywhere in flanmix
@@ -39,23 +38,9 @@ BATCH, MAX_LEN, LR = 8, 128, 1e-3
 
 
 def render_rows(n: int, seed: int = 0) -> list[dict]:
-    """inputs/targets rows from the bundled tasks, round-robin over tasks and templates."""
-    from flanmix.registry import Registry
-
-    rng = random.Random(seed)
-    tasks = [t for t in Registry.discover(()) if _local_rows(t)]
-    rows, i = [], 0
-    while len(rows) < n:
-        task = tasks[i % len(tasks)]
-        examples = task.examples("train")
-        ex = examples[rng.randrange(len(examples))]
-        idx = task.template_indices(cot=False)
-        row = task.render(ex, template_type="zs_noopt", template_idx=idx[i % len(idx)], cot=False, seed=seed)
-        if row["targets"].strip():
-            rows.append({"inputs": row["inputs"], "targets": row["targets"].strip()})
-        i += 1
-    rng.shuffle(rows)
-    return rows
+    """inputs/targets rows from the bundled tasks that have local rows (`bench_sft.render_rows`)."""
+    return bench_sft.render_rows(n, seed, keep=_local_rows,
+                                 make_row=lambda inputs, targets: {"inputs": inputs, "targets": targets})
 
 
 def _local_rows(task) -> bool:
@@ -84,10 +69,6 @@ def prepare(work: Path, n_rows: int, size: str) -> None:
     (work / "meta.json").write_text(json.dumps(meta))
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def child_flanmix(work: Path, steps: int, warmup: int, group: bool) -> dict:
     from trainers.loop import train
     from trainers.sft import SFTConfig, SFTStage
@@ -98,11 +79,7 @@ def child_flanmix(work: Path, steps: int, warmup: int, group: bool) -> dict:
                     weight_decay=0.0, schedule="linear", min_lr_ratio=0.0, max_grad_norm=1.0, mixed_precision="no",
                     log_every=1, progress=False, tensorboard=False, save_final=False, resume="never", seed=0,
                     group_by_length=group)
-    res = train(SFTStage(cfg, verbose=False), cfg)
-    timed = [h for h in res.history if "tokens" in h][warmup:]
-    tokens, secs = sum(h["tokens"] for h in timed), sum(h["time_s"] for h in timed)
-    return {"tokens_per_s": tokens / secs, "steps_per_s": len(timed) / secs, "peak_rss_mb": _peak_rss_mb(),
-            "tokens_per_step": tokens / len(timed), "first_logged_loss": res.history[0]["loss"]}
+    return bench_sft.loop_rates(train(SFTStage(cfg, verbose=False), cfg).history, warmup)
 
 
 def _hf_trainer(work: Path, max_steps: int, group: bool, out: Path):
@@ -129,14 +106,11 @@ def _hf_trainer(work: Path, max_steps: int, group: bool, out: Path):
 
 
 def child_hf(work: Path, steps: int, warmup: int, group: bool) -> dict:
-    from bench_sft import time_trainer  # the same timing as the TRL baselines
-
     out = Path(tempfile.mkdtemp(prefix="bench-t5-hf-"))
     trainer = _hf_trainer(work, warmup + steps, group, out)
-    tokens, secs, n = time_trainer(
-        trainer, lambda b: int(b["attention_mask"].sum()) + int((b["labels"] != -100).sum()), warmup)
-    return {"tokens_per_s": tokens / secs, "steps_per_s": n / secs, "peak_rss_mb": _peak_rss_mb(),
-            "tokens_per_step": tokens / n}
+    # the same timing as the TRL baselines
+    return bench_sft.trainer_rates(*bench_sft.time_trainer(
+        trainer, lambda b: int(b["attention_mask"].sum()) + int((b["labels"] != -100).sum()), warmup))
 
 
 def child_first_loss(work: Path) -> dict:
@@ -162,20 +136,6 @@ def child_first_loss(work: Path) -> dict:
 
 CONFIGS = {"flanmix": ("flanmix", True), "flanmix_ungrouped": ("flanmix", False),
            "hf_seq2seq_trainer": ("hf", False), "hf_seq2seq_trainer_grouped": ("hf", True)}
-
-
-def run_child(mode: str, work: Path, args) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=str(REPO), TRANSFORMERS_VERBOSITY="error")
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
-    cmd = [sys.executable, __file__, "--child", mode, "--work", str(work), "--steps", str(args.steps),
-           "--warmup", str(args.warmup)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{mode} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
 
 
 def child(args) -> dict:
@@ -214,24 +174,11 @@ def main() -> None:
     prepare(work, args.rows, args.size)
     meta = json.loads((work / "meta.json").read_text())
     configs = args.configs.split(",")
-    runs: dict[str, list[dict]] = {c: [] for c in configs}
-    for _ in range(args.repeats):
-        for c in configs:  # alternating order: machine load drifts hit every configuration alike
-            runs[c].append(run_child(c, work, args))
-    first = run_child("first_loss", work, args)
-
-    def med(c, k):
-        return statistics.median(r[k] for r in runs[c])
-
-    summary = {c: {"tokens_per_s": med(c, "tokens_per_s"), "peak_rss_mb": med(c, "peak_rss_mb"),
-                   "tokens_per_step": med(c, "tokens_per_step"), "runs": runs[c]} for c in configs}
-    ratios = {}
-    for ours, theirs in (("flanmix", "hf_seq2seq_trainer"), ("flanmix", "hf_seq2seq_trainer_grouped"),
-                         ("flanmix_ungrouped", "hf_seq2seq_trainer")):
-        if ours in summary and theirs in summary:
-            ratios[f"{ours}/{theirs}"] = {
-                "tokens_per_s": summary[ours]["tokens_per_s"] / summary[theirs]["tokens_per_s"],
-                "peak_rss": summary[ours]["peak_rss_mb"] / summary[theirs]["peak_rss_mb"]}
+    runs = bench_sft.alternate(configs, args.repeats, lambda c: bench_sft.run_child(c, work, args, __file__))
+    first = bench_sft.run_child("first_loss", work, args, __file__)
+    summary, ratios = bench_sft.summarize(runs, (("flanmix", "hf_seq2seq_trainer"),
+                                                 ("flanmix", "hf_seq2seq_trainer_grouped"),
+                                                 ("flanmix_ungrouped", "hf_seq2seq_trainer")))
     import torch
     import transformers
 
@@ -242,23 +189,12 @@ def main() -> None:
                   "torch": torch.__version__, "transformers": transformers.__version__, "cpus": os.cpu_count()},
         "results": summary, "ratios": ratios, "first_batch_loss": first, "wall_s": time.time() - t0,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-
-    print(f"\nT5 SFT bench: {meta['params']:,}-param T5 ({args.size}), vocab {meta['vocab']}, batch {BATCH}, "
-          f"max_length {MAX_LEN}, fp32, {args.steps} timed steps x {args.repeats} runs (medians)\n")
-    print("| config | tokens/s | peak RSS (MB) | tokens/step |")
-    print("|---|---:|---:|---:|")
-    for c in configs:
-        s = summary[c]
-        print(f"| {c} | {s['tokens_per_s']:,.0f} | {s['peak_rss_mb']:,.0f} | {s['tokens_per_step']:,.0f} |")
-    print()
-    for k, v in ratios.items():
-        print(f"- {k}: {v['tokens_per_s']:.2f}x tokens/s, {v['peak_rss']:.2f}x peak RSS")
+    bench_sft.report(result, Path(args.out), f"T5 SFT bench: {meta['params']:,}-param T5 ({args.size}), vocab "
+                     f"{meta['vocab']}, batch {BATCH}, max_length {MAX_LEN}, fp32, {args.steps} timed steps x "
+                     f"{args.repeats} runs (medians)")
     print(f"- first batch loss: flanmix {first['flanmix']:.6f}, Seq2SeqTrainer {first['hf']:.6f} "
           f"(|diff| {first['abs_diff']:.2e}, same ids: {first['same_ids']})")
-    print(f"\nwrote {out}")
+    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":
