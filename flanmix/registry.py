@@ -69,9 +69,7 @@ def read_template_set(path: Path, text: str | None = None) -> tuple[TemplateSet,
     """Parse and validate one template-set file (or `text` as if it were that file's content); also the line of
     every template part (for errors)."""
     doc = YamlDoc.read(path) if text is None else YamlDoc(path, text)
-    if not isinstance(doc.data, dict):
-        raise FlanmixError("a template set must be a YAML mapping", file=path, line=1,
-                           expected="keys zero_shot, cot, few_shot")
+    doc.require_mapping("a template set", "keys zero_shot, cot, few_shot")
     return doc.validate(TemplateSet), template_part_lines(doc)
 
 
@@ -99,10 +97,7 @@ def load_task_file(path: Path | str, registry_root: Path | None = None, other_ro
     `templates: REF` is looked up in `registry_root/templates/`, next to the spec, in the `templates/` of
     `other_roots` (the other registry folders of a discovery, e.g. a `flanmix import flan` output), then bundled."""
     path = Path(path)
-    doc = YamlDoc.read(path)
-    if not isinstance(doc.data, dict):
-        raise FlanmixError("a task spec must be a YAML mapping", file=path, line=1,
-                           expected="keys name, cluster, source, templates, ...")
+    doc = YamlDoc.read(path).require_mapping("a task spec", "keys name, cluster, source, templates, ...")
     spec = doc.validate(TaskSpec)
     spec_lines = {name: doc.line_of(["fields", name]) for name in spec.fields}
     if isinstance(spec.templates, TemplateSet):

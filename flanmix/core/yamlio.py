@@ -152,6 +152,12 @@ class YamlDoc:
         path = Path(path)
         return cls(path, _read_text(path))
 
+    def require_mapping(self, what: str, expected: str) -> YamlDoc:
+        """This document, if its top level is a mapping; else one error naming the file (`what`: "a mixture")."""
+        if not isinstance(self.data, dict):
+            raise FlanmixError(f"{what} must be a YAML mapping", file=self.path, line=1, expected=expected)
+        return self
+
     def _child(self, node: yaml.Node, key: str | int) -> yaml.Node | None:
         if isinstance(node, yaml.MappingNode):
             index = self._keys.get(id(node))

@@ -179,10 +179,7 @@ def find_mixture(ref: str, base_dir: Path | None = None) -> Path:
 
 def load_spec(path: Path | str) -> tuple[MixtureSpec, YamlDoc]:
     """Read and validate a mixture file (errors name file:line)."""
-    doc = YamlDoc.read(path)
-    if not isinstance(doc.data, dict):
-        raise FlanmixError("a mixture must be a YAML mapping", file=path, line=1,
-                           expected="keys seed, size, rate, template_types, components, ...")
+    doc = YamlDoc.read(path).require_mapping("a mixture", "keys seed, size, rate, template_types, components, ...")
     return doc.validate(MixtureSpec), doc
 
 

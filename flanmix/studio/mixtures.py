@@ -170,10 +170,7 @@ class MixtureView:
 
 def load(path: Path, registry: Registry, overrides: dict[str, float] | None = None) -> MixtureView:
     """Read, override, validate and resolve a mixture file (errors name the file and line)."""
-    doc = YamlDoc.read(path)
-    if not isinstance(doc.data, dict):
-        raise FlanmixError("a mixture must be a YAML mapping", file=path, line=1,
-                           expected="keys seed, size, rate, template_types, components, ...")
+    doc = YamlDoc.read(path).require_mapping("a mixture", "keys seed, size, rate, template_types, components, ...")
     doc.validate(MixtureSpec)  # the file's own errors first
     data = apply_overrides(doc.data, overrides or {})
     spec = doc.validate(MixtureSpec, data)  # the same structure, so errors keep the file's lines

@@ -217,10 +217,7 @@ def edited_task(task: Task, text: str) -> Task:
     FlanmixError naming the file and line, as when the file itself is loaded."""
     path = Path(task.template_file) if task.template_file else Path(f"<task {task.name}>")
     if is_inline(task):
-        doc = YamlDoc(path, text)
-        if not isinstance(doc.data, dict):
-            raise FlanmixError("a task spec must be a YAML mapping", file=path, line=1,
-                               expected="keys name, cluster, source, templates, ...")
+        doc = YamlDoc(path, text).require_mapping("a task spec", "keys name, cluster, source, templates, ...")
         spec = doc.validate(TaskSpec)
         if not isinstance(spec.templates, TemplateSet):
             raise FlanmixError("the editor edits templates written in the spec", file=path,

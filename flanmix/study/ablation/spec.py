@@ -225,10 +225,7 @@ class AblationSpec(Strict):
 
 def load_spec(path: str | Path) -> tuple[AblationSpec, YamlDoc]:
     """Read and validate an ablation YAML file (errors name file, line and field)."""
-    doc = YamlDoc.read(path)
-    if not isinstance(doc.data, dict):
-        raise FlanmixError("an ablation spec must be a YAML mapping", file=path, line=1,
-                           expected="keys held_out, task_counts, models, budget, ...")
+    doc = YamlDoc.read(path).require_mapping("an ablation spec", "keys held_out, task_counts, models, budget, ...")
     spec = doc.validate(AblationSpec)
     _check_passthrough(spec, doc)
     return spec, doc

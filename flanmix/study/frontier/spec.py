@@ -135,10 +135,7 @@ class FrontierSpec(Strict):
 
 def load_spec(path: str | Path) -> tuple[FrontierSpec, YamlDoc]:
     """Read and validate a frontier YAML file, including each run's stage config (errors: file, line, field)."""
-    doc = YamlDoc.read(path)
-    if not isinstance(doc.data, dict):
-        raise FlanmixError("a frontier spec must be a YAML mapping", file=path, line=1,
-                           expected="keys task, model, sft, runs, ...")
+    doc = YamlDoc.read(path).require_mapping("a frontier spec", "keys task, model, sft, runs, ...")
     spec = doc.validate(FrontierSpec)
     placeholders = {"model": "m", "data": "d", "output_dir": "o"}
     _check_owned(doc, spec.sft, ["sft"])
