@@ -117,3 +117,14 @@ def niv2_mirror_of_shared(shared_data: Path, root: Path) -> Path:
     for path in (shared_data / "instruction" / "natural_instructions").glob("task*.json"):
         shutil.copy(path, tasks / path.name)
     return tasks
+
+
+def write_ablation_spec(path: Path, **fields) -> Path:
+    """A small ablation spec (held-out logic, task counts 1/2/4, the nano model, 2 steps) with `fields` on top."""
+    import yaml
+
+    spec = {"held_out": {"clusters": ["logic"]}, "task_counts": [1, 2, 4], "models": ["nano"], "seeds": [0],
+            "budget": {"steps": 2, "batch_size": 2, "max_length": 128}}
+    spec.update(fields)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path

@@ -7,23 +7,14 @@ from __future__ import annotations
 import csv
 import json
 import random
-from pathlib import Path
 
 import pytest
-import yaml
 
 from flanmix.core.errors import FlanmixError
 from flanmix.study import ablation
+from helpers import write_ablation_spec as write_spec
 
 POOL = {f"t{i:02d}": f"c{i % 5}" for i in range(20)}
-
-
-def write_spec(path: Path, **fields) -> Path:
-    spec = {"held_out": {"clusters": ["logic"]}, "task_counts": [1, 2, 4], "models": ["nano"], "seeds": [0],
-            "budget": {"steps": 2, "batch_size": 2, "max_length": 128}}
-    spec.update(fields)
-    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
-    return path
 
 
 # ------------------------------------------------------------------------------------------------- subsets
